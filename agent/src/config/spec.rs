@@ -1,0 +1,416 @@
+//! Validated runtime types for an invariant file.
+//!
+//! Everything here has passed validation (see [`super::load`]): names are unique DNS
+//! labels, durations are positive, targets are in range. The rest of the agent never sees
+//! a raw, unvalidated value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// All invariants from one or more files, in file order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvariantSet {
+    /// The invariants; names are unique across the whole set.
+    pub invariants: Vec<Invariant>,
+}
+
+/// One named, owned, documented invariant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invariant {
+    /// Unique DNS label (RFC 1123), e.g. `apiserver-readyz`.
+    pub name: String,
+    /// What the invariant protects and why it matters.
+    pub description: String,
+    /// Who answers for it: a SIG or team, e.g. `sig-api-machinery`.
+    pub owner: String,
+    /// Where it runs: in every agent or in one agent per cluster.
+    pub scope: Scope,
+    /// Time between sample starts.
+    pub interval: Duration,
+    /// How long one sample may take before it counts as failed.
+    pub timeout: Duration,
+    /// Free-form labels copied into reports and metric attributes.
+    pub labels: BTreeMap<String, String>,
+    /// How to observe the target.
+    pub probe: ProbeSpec,
+    /// When the invariant holds.
+    pub condition: Condition,
+    /// Where the invariant was declared (`file:line:column`), for messages.
+    pub source: String,
+}
+
+/// Where an invariant runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// In every agent (per node).
+    Node,
+    /// In exactly one agent per cluster.
+    Cluster,
+}
+
+impl Scope {
+    /// The name used in the invariant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Node => "node",
+            Scope::Cluster => "cluster",
+        }
+    }
+}
+
+/// How to observe a target. One variant per probe kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeSpec {
+    /// An HTTP(S) request.
+    Http(HttpProbeSpec),
+    /// A TCP connect, optionally followed by a TLS handshake.
+    Tcp(TcpProbeSpec),
+    /// A DNS lookup.
+    Dns(DnsProbeSpec),
+    /// A scrape of a Prometheus text endpoint, reduced to one value.
+    Metrics(MetricsProbeSpec),
+}
+
+impl ProbeSpec {
+    /// The probe kind's name as written in the invariant file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeSpec::Http(_) => "http",
+            ProbeSpec::Tcp(_) => "tcp",
+            ProbeSpec::Dns(_) => "dns",
+            ProbeSpec::Metrics(_) => "metrics",
+        }
+    }
+
+    /// The target as a short human-readable string (URL, address or name).
+    pub fn target(&self) -> String {
+        match self {
+            ProbeSpec::Http(h) => h.url.clone(),
+            ProbeSpec::Tcp(t) => t.address.clone(),
+            ProbeSpec::Dns(d) => d.name.clone(),
+            ProbeSpec::Metrics(m) => format!("{} {}", m.http.url, m.selector),
+        }
+    }
+}
+
+/// Whether a probe reuses connections between samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionMode {
+    /// A fresh connection (and TLS handshake) per sample: catches accept-path outages.
+    New,
+    /// Keep-alive connections reused across samples: catches in-flight request outages.
+    Reused,
+}
+
+/// TLS settings shared by http, tcp and metrics probes.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TlsSpec {
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification entirely (test clusters only).
+    pub insecure_skip_verify: bool,
+    /// Name to verify the certificate against, instead of the host in the target.
+    pub server_name: Option<String>,
+}
+
+/// How to match a response body.
+#[derive(Clone, Debug)]
+pub enum BodyMatch {
+    /// The body contains this text.
+    Substring(String),
+    /// The body matches this regular expression.
+    Regex(regex::Regex),
+}
+
+impl PartialEq for BodyMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BodyMatch::Substring(a), BodyMatch::Substring(b)) => a == b,
+            (BodyMatch::Regex(a), BodyMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// An HTTP(S) probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpProbeSpec {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Request method (`GET` by default).
+    pub method: http::Method,
+    /// Extra request headers, in file order.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// File holding a bearer token, re-read when it changes (token rotation).
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS settings for `https://` URLs.
+    pub tls: TlsSpec,
+    /// Status codes that count as success (default: 200-299).
+    pub expected_status: Vec<StatusRange>,
+    /// Optional body match.
+    pub body_match: Option<BodyMatch>,
+    /// JSON pointer (RFC 6901) to a number in a JSON body, used as the sample's value.
+    pub value_pointer: Option<String>,
+    /// New connection per sample, or reused.
+    pub connection: ConnectionMode,
+    /// Largest body read; a longer body fails the sample with `body_too_large`.
+    pub max_body_bytes: usize,
+}
+
+/// An inclusive range of HTTP status codes, e.g. `200-299` or `204`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest accepted code.
+    pub low: u16,
+    /// Highest accepted code.
+    pub high: u16,
+}
+
+impl StatusRange {
+    /// Whether `code` is within this range.
+    pub fn contains(&self, code: u16) -> bool {
+        self.low <= code && code <= self.high
+    }
+}
+
+/// A TCP connect probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpProbeSpec {
+    /// `host:port`.
+    pub address: String,
+    /// When set, a TLS handshake must also succeed.
+    pub tls: Option<TlsSpec>,
+}
+
+/// A DNS lookup probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsProbeSpec {
+    /// The name to resolve (A and AAAA).
+    pub name: String,
+    /// `ip:port` of the server to ask; the system resolver configuration when absent.
+    pub server: Option<std::net::SocketAddr>,
+    /// At least this many addresses must come back (default 1).
+    pub min_answers: usize,
+    /// When non-empty, every one of these addresses must be among the answers.
+    pub expected_addresses: Vec<std::net::IpAddr>,
+}
+
+/// How to reduce the selected series of a scrape to one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    /// Sum of the selected series' values.
+    Sum,
+    /// Largest value.
+    Max,
+    /// Smallest value.
+    Min,
+    /// Number of selected series.
+    Count,
+}
+
+/// A label matcher, as in PromQL: `name="v"`, `name!="v"`, `name=~"re"`, `name!~"re"`.
+#[derive(Clone, Debug)]
+pub enum LabelMatcher {
+    /// Label equals the value (an absent label equals "").
+    Equal(String, String),
+    /// Label differs from the value.
+    NotEqual(String, String),
+    /// Label fully matches the regex.
+    Regex(String, regex::Regex),
+    /// Label does not fully match the regex.
+    NotRegex(String, regex::Regex),
+}
+
+impl PartialEq for LabelMatcher {
+    fn eq(&self, other: &Self) -> bool {
+        use LabelMatcher::*;
+        match (self, other) {
+            (Equal(a, b), Equal(c, d)) | (NotEqual(a, b), NotEqual(c, d)) => a == c && b == d,
+            (Regex(a, b), Regex(c, d)) | (NotRegex(a, b), NotRegex(c, d)) => {
+                a == c && b.as_str() == d.as_str()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Which series of a scrape a metrics probe reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSelector {
+    /// Metric (sample) name, e.g. `apiserver_request_total` or `foo_bucket`.
+    pub metric: String,
+    /// All matchers must hold.
+    pub matchers: Vec<LabelMatcher>,
+}
+
+impl std::fmt::Display for MetricSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.metric)?;
+        if !self.matchers.is_empty() {
+            f.write_str("{")?;
+            for (i, m) in self.matchers.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                match m {
+                    LabelMatcher::Equal(n, v) => write!(f, "{n}={v:?}")?,
+                    LabelMatcher::NotEqual(n, v) => write!(f, "{n}!={v:?}")?,
+                    LabelMatcher::Regex(n, r) => write!(f, "{n}=~{:?}", r.as_str())?,
+                    LabelMatcher::NotRegex(n, r) => write!(f, "{n}!~{:?}", r.as_str())?,
+                }
+            }
+            f.write_str("}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A metrics scrape probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsProbeSpec {
+    /// How to fetch the endpoint (URL, TLS, token, body cap); status must be 2xx.
+    pub http: HttpProbeSpec,
+    /// Which series to read.
+    pub selector: MetricSelector,
+    /// How to reduce them to one value.
+    pub aggregation: Aggregation,
+}
+
+/// When an invariant holds. Every condition is evaluated on timestamped samples.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
+    /// The share of successful samples over a rolling window stays at or above a target.
+    Availability {
+        /// Minimum share of good samples, in percent (0 < target <= 100).
+        target_percent: f64,
+        /// Rolling window the share is computed over.
+        window: Duration,
+    },
+    /// A latency quantile over a rolling window stays at or below a maximum.
+    Latency {
+        /// Quantile in (0, 1], e.g. 0.99.
+        quantile: f64,
+        /// Largest allowed latency at that quantile.
+        max: Duration,
+        /// Rolling window the quantile is computed over.
+        window: Duration,
+    },
+    /// The sampled value stays within bounds.
+    Threshold {
+        /// Smallest allowed value (inclusive).
+        min: Option<f64>,
+        /// Largest allowed value (inclusive).
+        max: Option<f64>,
+        /// How long the value must be out of bounds before it counts as violated.
+        for_duration: Duration,
+    },
+    /// A counter grows by at most `max` over the run (or a rolling window).
+    Increase {
+        /// Largest allowed growth.
+        max: f64,
+        /// Rolling window; the whole run when `None`.
+        window: Option<Duration>,
+    },
+}
+
+impl Condition {
+    /// The condition kind's name as written in the invariant file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Condition::Availability { .. } => "availability",
+            Condition::Latency { .. } => "latency",
+            Condition::Threshold { .. } => "threshold",
+            Condition::Increase { .. } => "increase",
+        }
+    }
+
+    /// A one-line human description, e.g. `availability >= 99.9% over 5m`.
+    pub fn describe(&self) -> String {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            Condition::Availability {
+                target_percent,
+                window,
+            } => {
+                format!("availability >= {target_percent}% over {}", d(window))
+            }
+            Condition::Latency {
+                quantile,
+                max,
+                window,
+            } => {
+                format!(
+                    "p{} latency <= {} over {}",
+                    quantile * 100.0,
+                    d(max),
+                    d(window)
+                )
+            }
+            Condition::Threshold {
+                min,
+                max,
+                for_duration,
+            } => {
+                let mut s = match (min, max) {
+                    (Some(lo), Some(hi)) => format!("{lo} <= value <= {hi}"),
+                    (Some(lo), None) => format!("value >= {lo}"),
+                    (None, Some(hi)) => format!("value <= {hi}"),
+                    (None, None) => "any value".to_string(),
+                };
+                if !for_duration.is_zero() {
+                    s.push_str(&format!(" (violated after {})", d(for_duration)));
+                }
+                s
+            }
+            Condition::Increase { max, window } => match window {
+                Some(w) => format!("increase <= {max} over {}", d(w)),
+                None => format!("increase <= {max} over the run"),
+            },
+        }
+    }
+}
+
+/// The `apiVersion` every invariant file declares.
+pub const API_VERSION: &str = "invariant-agent/v1alpha1";
+
+/// The `kind` every invariant file declares.
+pub const KIND: &str = "InvariantSet";
+
+/// Interval when neither the invariant nor the file's `defaults` sets one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Largest timeout when neither the invariant nor the file's `defaults` sets one; below
+/// it the timeout defaults to the invariant's interval.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shortest allowed interval.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest allowed interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Longest allowed timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Most samples of one invariant that may be in flight at once: `timeout` may be at most
+/// this many intervals.
+pub const MAX_SAMPLES_IN_FLIGHT: u32 = 16;
+
+/// Window of availability and latency conditions when the file does not set one.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// Quantile of latency conditions when the file does not set one.
+pub const DEFAULT_QUANTILE: f64 = 0.99;
+
+/// Body cap of http probes when the file does not set `maxBodyBytes` (1 MiB).
+pub const DEFAULT_HTTP_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Body cap of metrics probes when the file does not set `maxBodyBytes` (16 MiB).
+pub const DEFAULT_METRICS_MAX_BODY_BYTES: usize = 16 << 20;
+
+/// Largest `maxBodyBytes` a file may set (64 MiB).
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
+
+/// Label names the agent sets itself on reports and metrics; invariants may not use them.
+pub const RESERVED_LABELS: [&str; 5] = ["invariant", "owner", "outcome", "state", "scope"];

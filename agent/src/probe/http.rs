@@ -1,0 +1,825 @@
+//! The HTTP(S) probe, and the request machinery the metrics probe shares.
+//!
+//! [`HttpFetcher`] owns one hyper-util client per probe. With `connection: reused` the
+//! client keeps its keep-alive connection between samples, so a sample measures requests
+//! on an established connection (what in-flight API calls see); with `connection: new` the
+//! pool is disabled and `Connection: close` is sent, so every sample dials and handshakes
+//! (what a new client sees). OpenShift's disruption monitor measures both for the same
+//! reason: an outage of the accept path and an outage of established connections look
+//! different.
+//!
+//! The bearer token is read from its file on first use and re-read whenever the file's
+//! identity, length or modification time changes (Kubernetes rotates projected tokens by
+//! swapping the file). It is kept only inside a sensitive `HeaderValue` and never enters a
+//! message, log line or `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use futures_util::FutureExt;
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::classify::{Stage, classify};
+use super::{BuildError, Probe, ProbeFuture, tls};
+use crate::config::spec::{BodyMatch, ConnectionMode, HttpProbeSpec, StatusRange};
+use crate::sample::{ErrorClass, Observation, ProbeError};
+
+/// Sends one configured request per sample and reads the reply under a size cap.
+pub struct HttpFetcher {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    uri: Uri,
+    /// `host:port` of the target, the only part of the URL used in messages.
+    peer: String,
+    method: Method,
+    headers: HeaderMap,
+    connection: ConnectionMode,
+    token: Option<BearerToken>,
+    max_body_bytes: usize,
+}
+
+impl fmt::Debug for HttpFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Headers are left out: a configured header may carry a credential too.
+        f.debug_struct("HttpFetcher")
+            .field("peer", &self.peer)
+            .field("method", &self.method)
+            .field("connection", &self.connection)
+            .field("token", &self.token)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpFetcher {
+    /// Builds the client for `spec`: parses the URL, loads TLS trust for `https://`.
+    pub fn new(spec: &HttpProbeSpec) -> Result<Self, BuildError> {
+        let bad_url = |reason: &str| BuildError::Url {
+            url: spec.url.clone(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = spec
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad_url(&e.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad_url("the scheme must be http or https")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad_url("it has no host"))?;
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let peer = format!("{host}:{port}");
+
+        let tls_config = if https {
+            tls::client_config(&spec.tls)?
+        } else {
+            tls::unused_config()?
+        };
+        let schemes = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http();
+        let schemes = match &spec.tls.server_name {
+            Some(name) => schemes
+                .with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?)),
+            None => schemes,
+        };
+        let mut tcp = HttpConnector::new();
+        // The HTTPS connector wraps this one and needs it to accept https:// URIs.
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let connector = schemes.enable_http1().wrap_connector(tcp);
+
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_timer(TokioTimer::new());
+        if spec.connection == ConnectionMode::New {
+            builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build(connector);
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &spec.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if spec.connection == ConnectionMode::New {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(HttpFetcher {
+            client,
+            uri,
+            peer,
+            method: spec.method.clone(),
+            headers,
+            connection: spec.connection,
+            token: spec.bearer_token_file.as_deref().map(BearerToken::new),
+            max_body_bytes: spec.max_body_bytes,
+        })
+    }
+
+    /// Sends the request and waits for the response head.
+    pub async fn send(&self) -> Result<http::Response<Incoming>, ProbeError> {
+        let mut request = Request::new(Empty::<Bytes>::new());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        if let Some(token) = &self.token {
+            request.headers_mut().insert(AUTHORIZATION, token.header()?);
+        }
+        self.client.request(request).await.map_err(|e| {
+            let stage = if e.is_connect() {
+                Stage::Connect
+            } else {
+                Stage::Request
+            };
+            classify(&e, stage, &self.peer)
+        })
+    }
+
+    /// Reads the body, failing with `body_too_large` as soon as it exceeds the cap (the
+    /// rest is never read: dropping the body closes the connection).
+    pub async fn read_body(
+        &self,
+        response: http::Response<Incoming>,
+    ) -> Result<Vec<u8>, ProbeError> {
+        let cap = self.max_body_bytes;
+        let too_large = || {
+            ProbeError::new(
+                ErrorClass::BodyTooLarge,
+                format!(
+                    "response body from {} is larger than {cap} bytes",
+                    self.peer
+                ),
+            )
+        };
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > cap as u64) {
+            return Err(too_large());
+        }
+        let mut body = response.into_body();
+        let mut out = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(cap));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| classify(&e, Stage::Request, &self.peer))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len().saturating_add(data.len()) > cap {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads and discards the body (up to the cap) so a keep-alive connection can go back
+    /// to the pool instead of being closed; does nothing when connections are not reused.
+    pub async fn drain(&self, response: http::Response<Incoming>) {
+        if self.connection == ConnectionMode::Reused {
+            let _ = self.read_body(response).await;
+        }
+    }
+}
+
+/// The `http` probe.
+#[derive(Debug)]
+pub struct HttpProbe {
+    fetcher: HttpFetcher,
+    expected_status: Vec<StatusRange>,
+    body_match: Option<BodyMatch>,
+    value_pointer: Option<String>,
+}
+
+impl HttpProbe {
+    /// Builds the probe for `spec`.
+    pub fn new(spec: &HttpProbeSpec) -> Result<Self, BuildError> {
+        Ok(HttpProbe {
+            fetcher: HttpFetcher::new(spec)?,
+            expected_status: if spec.expected_status.is_empty() {
+                vec![StatusRange {
+                    low: 200,
+                    high: 299,
+                }]
+            } else {
+                spec.expected_status.clone()
+            },
+            body_match: spec.body_match.clone(),
+            value_pointer: spec.value_pointer.clone(),
+        })
+    }
+
+    async fn run(&self) -> Result<Option<f64>, ProbeError> {
+        let response = self.fetcher.send().await?;
+        let status = response.status();
+        if !self
+            .expected_status
+            .iter()
+            .any(|r| r.contains(status.as_u16()))
+        {
+            self.fetcher.drain(response).await;
+            return Err(status_error(status, &self.expected_status));
+        }
+        let body = self.fetcher.read_body(response).await?;
+        if let Some(matcher) = &self.body_match {
+            check_body(&body, matcher)?;
+        }
+        match &self.value_pointer {
+            Some(pointer) => extract_value(&body, pointer).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Probe for HttpProbe {
+    fn observe(&self) -> ProbeFuture<'_> {
+        self.run()
+            .map(|result| match result {
+                Ok(value) => Observation::Ok { value },
+                Err(e) => Observation::Failed(e),
+            })
+            .boxed()
+    }
+}
+
+/// `status 500, expected 200-299`.
+pub fn status_error(status: StatusCode, expected: &[StatusRange]) -> ProbeError {
+    let ranges: Vec<String> = expected
+        .iter()
+        .map(|r| {
+            if r.low == r.high {
+                r.low.to_string()
+            } else {
+                format!("{}-{}", r.low, r.high)
+            }
+        })
+        .collect();
+    ProbeError::new(
+        ErrorClass::HttpStatus,
+        format!("status {}, expected {}", status.as_u16(), ranges.join(", ")),
+    )
+}
+
+/// Checks the body (as lossy UTF-8) against the configured match.
+fn check_body(body: &[u8], matcher: &BodyMatch) -> Result<(), ProbeError> {
+    let text = String::from_utf8_lossy(body);
+    let (ok, what) = match matcher {
+        BodyMatch::Substring(s) => (text.contains(s.as_str()), format!("does not contain {s:?}")),
+        BodyMatch::Regex(r) => (
+            r.is_match(&text),
+            format!("does not match /{}/", r.as_str()),
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ProbeError::new(
+            ErrorClass::BodyMismatch,
+            format!("body ({} bytes) {what}", body.len()),
+        ))
+    }
+}
+
+/// Reads the number at JSON pointer `pointer`. Numeric strings and booleans (1/0) count
+/// as numbers, since health endpoints often report `"ready": true` or `"count": "3"`.
+fn extract_value(body: &[u8], pointer: &str) -> Result<f64, ProbeError> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ProbeError::new(
+            ErrorClass::InvalidResponse,
+            format!("body is not JSON: {e}"),
+        )
+    })?;
+    let mismatch = |what: String| ProbeError::new(ErrorClass::BodyMismatch, what);
+    let value = json
+        .pointer(pointer)
+        .ok_or_else(|| mismatch(format!("no value at {pointer}")))?;
+    use serde_json::Value as J;
+    match value {
+        J::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| mismatch(format!("value at {pointer} is out of range"))),
+        J::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        J::String(s) => s.trim().parse::<f64>().map_err(|_| {
+            let shown: String = s.chars().take(40).collect();
+            mismatch(format!(
+                "value at {pointer} is the string {shown:?}, not a number"
+            ))
+        }),
+        J::Null => Err(mismatch(format!(
+            "value at {pointer} is null, not a number"
+        ))),
+        J::Array(_) => Err(mismatch(format!(
+            "value at {pointer} is an array, not a number"
+        ))),
+        J::Object(_) => Err(mismatch(format!(
+            "value at {pointer} is an object, not a number"
+        ))),
+    }
+}
+
+/// A bearer token file, read lazily and re-read when it changes.
+struct BearerToken {
+    path: PathBuf,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+/// The last token read and the file identity it was read from.
+struct CachedToken {
+    stamp: FileStamp,
+    header: HeaderValue,
+}
+
+/// What tells a rotated token file from the one already read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    /// Inode on Unix: Kubernetes rotates projected tokens by swapping in a new file.
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode,
+        }
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerToken")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BearerToken {
+    fn new(path: &Path) -> Self {
+        BearerToken {
+            path: path.to_path_buf(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The `Authorization` header value, from the cache unless the file changed.
+    fn header(&self) -> Result<HeaderValue, ProbeError> {
+        let credentials = |what: String| ProbeError::new(ErrorClass::Credentials, what);
+        let path = self.path.display();
+        // A small file on local disk: reading it synchronously is cheaper than a trip
+        // through the blocking pool.
+        let meta = std::fs::metadata(&self.path)
+            .map_err(|e| credentials(format!("cannot read bearer token file {path}: {e}")))?;
+        let stamp = FileStamp::of(&meta);
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(c) = cached.as_ref().filter(|c| c.stamp == stamp) {
+            return Ok(c.header.clone());
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| credentials(format!("cannot read bearer token file {path}: {e}")))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(credentials(format!("bearer token file {path} is empty")));
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            credentials(format!(
+                "bearer token in {path} has characters not allowed in an HTTP header"
+            ))
+        })?;
+        header.set_sensitive(true);
+        *cached = Some(CachedToken {
+            stamp,
+            header: header.clone(),
+        });
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::testutil::*;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn ok_and_status_ranges() {
+        let server = TestHttpServer::start(|req| match req.uri().path() {
+            "/ok" => reply(200, "fine"),
+            "/fail" => reply(500, "boom"),
+            _ => reply(204, ""),
+        })
+        .await;
+        let ok = observe(&http_spec(&server.url("/ok"))).await;
+        assert_eq!(ok, Observation::Ok { value: None });
+
+        let failed = failure(&http_spec(&server.url("/fail"))).await;
+        assert_eq!(failed.class, ErrorClass::HttpStatus);
+        assert_eq!(failed.message, "status 500, expected 200-299");
+
+        let mut spec = http_spec(&server.url("/fail"));
+        spec.expected_status = vec![StatusRange {
+            low: 500,
+            high: 503,
+        }];
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+
+        let mut spec = http_spec(&server.url("/other"));
+        spec.expected_status = vec![
+            StatusRange {
+                low: 200,
+                high: 200,
+            },
+            StatusRange {
+                low: 300,
+                high: 399,
+            },
+        ];
+        let failed = failure(&spec).await;
+        assert_eq!(failed.message, "status 204, expected 200, 300-399");
+    }
+
+    #[tokio::test]
+    async fn method_and_headers_are_sent() {
+        let server = TestHttpServer::start(|req| {
+            let method = req.method().to_string();
+            let header = req
+                .headers()
+                .get("x-probe")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            reply(200, &format!("{method} {header}"))
+        })
+        .await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.method = Method::POST;
+        spec.headers = vec![(
+            http::HeaderName::from_static("x-probe"),
+            HeaderValue::from_static("yes"),
+        )];
+        spec.body_match = Some(BodyMatch::Substring("POST yes".into()));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+    }
+
+    #[tokio::test]
+    async fn body_match_substring_and_regex() {
+        let server = TestHttpServer::start(|_| reply(200, "status: ok\nchecks: 12 passed")).await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.body_match = Some(BodyMatch::Substring("status: ok".into()));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+
+        spec.body_match = Some(BodyMatch::Substring("status: degraded".into()));
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::BodyMismatch);
+        assert!(
+            e.message.contains("does not contain \"status: degraded\""),
+            "{e}"
+        );
+
+        spec.body_match = Some(BodyMatch::Regex(
+            regex::Regex::new(r"checks: \d+ passed").unwrap(),
+        ));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+
+        spec.body_match = Some(BodyMatch::Regex(regex::Regex::new(r"^failed").unwrap()));
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::BodyMismatch);
+        assert!(e.message.contains("does not match /^failed/"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn json_pointer_values() {
+        let server = TestHttpServer::start(|_| {
+            reply(
+                200,
+                r#"{"queue":{"depth":7.5},"ready":true,"count":"3","name":"x","none":null}"#,
+            )
+        })
+        .await;
+        let mut spec = http_spec(&server.url("/"));
+        let cases = [
+            ("/queue/depth", Ok(7.5)),
+            ("/ready", Ok(1.0)),
+            ("/count", Ok(3.0)),
+            ("/name", Err("is the string \"x\", not a number")),
+            ("/none", Err("is null")),
+            ("/queue", Err("is an object")),
+            ("/missing", Err("no value at /missing")),
+        ];
+        for (pointer, want) in cases {
+            spec.value_pointer = Some(pointer.to_string());
+            let got = observe(&spec).await;
+            match want {
+                Ok(v) => assert_eq!(got, Observation::Ok { value: Some(v) }, "{pointer}"),
+                Err(text) => match got {
+                    Observation::Failed(e) => {
+                        assert_eq!(e.class, ErrorClass::BodyMismatch, "{pointer}");
+                        assert!(e.message.contains(text), "{pointer}: {e}");
+                    }
+                    other => panic!("{pointer}: {other:?}"),
+                },
+            }
+        }
+
+        let server = TestHttpServer::start(|_| reply(200, "<html>not json</html>")).await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.value_pointer = Some("/x".into());
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::InvalidResponse);
+        assert!(e.message.starts_with("body is not JSON"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn endless_body_stops_at_the_cap() {
+        let server = EndlessBodyServer::start().await;
+        let mut spec = http_spec(&format!("http://{}/", server.addr));
+        spec.max_body_bytes = 64 * 1024;
+        let started = std::time::Instant::now();
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::BodyTooLarge, "{e}");
+        assert!(e.message.contains("larger than 65536 bytes"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The server stops once its writes fail; it must have sent far less than it
+        // would have if the client had kept reading.
+        let sent = server.wait_done().await;
+        assert!(sent < 64 * 1024 * 1024, "server sent {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_cap_fails_without_reading() {
+        let server = TestHttpServer::start(|_| reply(200, &"x".repeat(10_000))).await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.max_body_bytes = 1000;
+        assert_eq!(failure(&spec).await.class, ErrorClass::BodyTooLarge);
+        spec.max_body_bytes = 10_000;
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+    }
+
+    #[tokio::test]
+    async fn connection_refused() {
+        let addr = closed_port().await;
+        let e = failure(&http_spec(&format!("http://{addr}/healthz"))).await;
+        assert_eq!(e.class, ErrorClass::ConnectionRefused, "{e}");
+        assert_eq!(e.message, format!("connect to {addr}: connection refused"));
+    }
+
+    #[tokio::test]
+    async fn reset_and_early_close_are_connection_reset() {
+        let addr = raw_server(RawBehavior::Reset).await;
+        let e = failure(&http_spec(&format!("http://{addr}/"))).await;
+        assert_eq!(e.class, ErrorClass::ConnectionReset, "{e}");
+
+        let addr = raw_server(RawBehavior::CloseAfterRequest).await;
+        let e = failure(&http_spec(&format!("http://{addr}/"))).await;
+        assert_eq!(e.class, ErrorClass::ConnectionReset, "{e}");
+        assert!(
+            e.message
+                .contains("closed before the response was complete"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_invalid_response() {
+        let addr = raw_server(RawBehavior::Write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec())).await;
+        let e = failure(&http_spec(&format!("http://{addr}/"))).await;
+        assert_eq!(e.class, ErrorClass::InvalidResponse, "{e}");
+        assert!(
+            e.message
+                .starts_with(&format!("invalid HTTP response from {addr}")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reused_connections_are_reused_and_new_ones_are_not() {
+        let server = TestHttpServer::start(|_| reply(200, "ok")).await;
+        let probe = HttpProbe::new(&http_spec(&server.url("/"))).unwrap();
+        for _ in 0..4 {
+            assert_eq!(probe.observe().await, Observation::Ok { value: None });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 4);
+
+        let server = TestHttpServer::start(|req| {
+            let close = req
+                .headers()
+                .get(CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            reply(if close { 200 } else { 400 }, "")
+        })
+        .await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.connection = ConnectionMode::New;
+        let probe = HttpProbe::new(&spec).unwrap();
+        for _ in 0..4 {
+            assert_eq!(probe.observe().await, Observation::Ok { value: None });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn reused_connection_survives_a_bad_status() {
+        let server = TestHttpServer::start(|_| reply(503, "unavailable")).await;
+        let probe = HttpProbe::new(&http_spec(&server.url("/"))).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(probe.observe().await, Observation::Failed(_)));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bearer_token_is_sent_and_reread_after_rotation() {
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen2 = seen.clone();
+        let server = TestHttpServer::start(move |req| {
+            let auth = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            seen2.lock().unwrap().push(auth);
+            reply(200, "")
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first-token\n").unwrap();
+        let mut spec = http_spec(&server.url("/"));
+        spec.bearer_token_file = Some(path.clone());
+        let probe = HttpProbe::new(&spec).unwrap();
+        probe.observe().await;
+        probe.observe().await;
+
+        // Same length, so only the modification time (or inode) tells it changed.
+        std::fs::write(&path, "secnd-token\n").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        drop(file);
+        probe.observe().await;
+
+        // Rotation by swapping in a new file, as the kubelet does.
+        let next = dir.path().join("token.next");
+        std::fs::write(&next, "  third-token-longer  ").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        probe.observe().await;
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "Bearer first-token",
+                "Bearer first-token",
+                "Bearer secnd-token",
+                "Bearer third-token-longer"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn unreadable_token_file_is_a_credentials_failure() {
+        let server = TestHttpServer::start(|_| reply(200, "")).await;
+        let mut spec = http_spec(&server.url("/"));
+        spec.bearer_token_file = Some(PathBuf::from("/nonexistent/token"));
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::Credentials);
+        assert!(e.message.contains("/nonexistent/token"), "{e}");
+        assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_token_never_appears_in_errors_logs_or_debug() {
+        const TOKEN: &str = "sekret-3f9a7c";
+        let logs = CapturedLogs::install();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, TOKEN).unwrap();
+
+        let server = TestHttpServer::start(|req| match req.uri().path() {
+            "/500" => reply(500, TOKEN),
+            _ => reply(200, &format!("echo {TOKEN}")),
+        })
+        .await;
+        let refused = closed_port().await;
+        let reset = raw_server(RawBehavior::Reset).await;
+        let garbage = raw_server(RawBehavior::Write(format!("{TOKEN}\r\n\r\n").into_bytes())).await;
+        let mut specs = Vec::new();
+        for url in [
+            server.url("/500"),
+            format!("http://{refused}/"),
+            format!("http://{reset}/"),
+            format!("http://{garbage}/"),
+        ] {
+            let mut spec = http_spec(&url);
+            spec.bearer_token_file = Some(path.clone());
+            specs.push(spec);
+        }
+        let mut mismatch = http_spec(&server.url("/ok"));
+        mismatch.bearer_token_file = Some(path.clone());
+        mismatch.body_match = Some(BodyMatch::Substring("absent".into()));
+        specs.push(mismatch.clone());
+        mismatch.body_match = None;
+        mismatch.value_pointer = Some("/x".into());
+        specs.push(mismatch);
+
+        for spec in &specs {
+            let probe = HttpProbe::new(spec).unwrap();
+            let got = probe.observe().await;
+            let Observation::Failed(e) = &got else {
+                panic!("{}: expected a failure, got {got:?}", spec.url)
+            };
+            assert!(!e.message.contains(TOKEN), "token leaked in {e}");
+            assert!(!format!("{got:?}").contains(TOKEN));
+            let debug = format!("{probe:?}");
+            assert!(!debug.contains(TOKEN), "token leaked in {debug}");
+            assert!(debug.contains("token"), "{debug}");
+        }
+
+        // A token that cannot be a header value must not be quoted back either.
+        std::fs::write(&path, format!("{TOKEN}\u{1}bad")).unwrap();
+        let mut spec = http_spec(&server.url("/ok"));
+        spec.bearer_token_file = Some(path.clone());
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::Credentials);
+        assert!(!e.message.contains(TOKEN), "{e}");
+
+        assert!(!logs.text().contains(TOKEN), "token leaked in logs");
+    }
+
+    #[tokio::test]
+    async fn https_with_ca_file_and_with_insecure_skip_verify() {
+        let tls = TestTls::new();
+        let server = TestHttpServer::start_tls(tls.server_config(), |_| reply(200, "secure")).await;
+        let url = format!("https://localhost:{}/", server.addr.port());
+
+        let mut spec = http_spec(&url);
+        spec.tls.ca_file = Some(tls.ca_file.path().to_path_buf());
+        spec.body_match = Some(BodyMatch::Substring("secure".into()));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+
+        // The certificate is for "localhost", not for the IP address.
+        let mut by_ip = spec.clone();
+        by_ip.url = format!("https://127.0.0.1:{}/", server.addr.port());
+        let e = failure(&by_ip).await;
+        assert_eq!(e.class, ErrorClass::Tls, "{e}");
+        by_ip.tls.server_name = Some("localhost".into());
+        assert_eq!(observe(&by_ip).await, Observation::Ok { value: None });
+
+        let mut insecure = http_spec(&url);
+        insecure.tls.insecure_skip_verify = true;
+        assert_eq!(observe(&insecure).await, Observation::Ok { value: None });
+
+        // Trusting another CA: the certificate is rejected.
+        let other = TestTls::new();
+        let mut wrong_ca = http_spec(&url);
+        wrong_ca.tls.ca_file = Some(other.ca_file.path().to_path_buf());
+        let e = failure(&wrong_ca).await;
+        assert_eq!(e.class, ErrorClass::Tls, "{e}");
+        assert!(e.message.contains("certificate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_to_a_plain_http_server_is_a_tls_failure() {
+        let server = TestHttpServer::start(|_| reply(200, "")).await;
+        let mut spec = http_spec(&format!("https://127.0.0.1:{}/", server.addr.port()));
+        spec.tls.insecure_skip_verify = true;
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::Tls, "{e}");
+    }
+
+    #[test]
+    fn bad_urls_are_build_errors() {
+        for url in ["ftp://x/", "not a url", "http:///path"] {
+            let e = HttpProbe::new(&http_spec(url)).unwrap_err();
+            assert!(matches!(e, BuildError::Url { .. }), "{url}: {e}");
+            assert!(e.to_string().contains(url), "{e}");
+        }
+    }
+}

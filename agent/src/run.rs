@@ -1,0 +1,159 @@
+//! The `run` command's wiring: probes, scheduler, engine and report writer, from start
+//! to a final report on shutdown.
+//!
+//! Shutdown is staged so nothing collected is lost: stop ticking; give in-flight samples a
+//! short grace; the engine drains every queued sample and builds the final report; the
+//! writer puts it on disk. The whole sequence is bounded (about 2 s with defaults).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::InvariantSet;
+use crate::engine::{self, Engine, RunMeta};
+use crate::report::{self, REPORT_FILE, Report};
+use crate::sample::Timestamp;
+use crate::schedule::{self, Job, Limits};
+
+/// Everything `run` needs, already validated.
+pub struct RunOptions {
+    /// The invariants to watch.
+    pub set: InvariantSet,
+    /// Names of the invariant files, for the report.
+    pub config_files: Vec<String>,
+    /// Directory for `report.json`.
+    pub report_dir: PathBuf,
+    /// Stop after this long; run until a signal when `None`.
+    pub duration: Option<Duration>,
+    /// How often the report is checkpointed to disk.
+    pub checkpoint_interval: Duration,
+    /// Concurrency and shutdown limits.
+    pub limits: Limits,
+}
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A probe could not be built (for example a CA file that is not PEM).
+    #[error("invariant {invariant} ({source_location}): {message}")]
+    Probe {
+        /// The invariant's name.
+        invariant: String,
+        /// Where it is declared.
+        source_location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The engine task died (a bug); the last checkpoint on disk is the report.
+    #[error(
+        "the evaluation engine stopped unexpectedly ({0}); the last report checkpoint on disk is the best record of this run"
+    )]
+    Engine(String),
+}
+
+/// Runs until `stop` resolves or the duration passes, then returns the final report.
+pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<Report, RunError> {
+    let mut jobs = Vec::with_capacity(options.set.invariants.len());
+    for (index, invariant) in options.set.invariants.iter().enumerate() {
+        let probe = crate::probe::build(&invariant.probe).map_err(|e| RunError::Probe {
+            invariant: invariant.name.clone(),
+            source_location: invariant.source.clone(),
+            message: e.to_string(),
+        })?;
+        jobs.push(Job {
+            invariant: index,
+            interval: invariant.interval,
+            timeout: invariant.timeout,
+            probe,
+        });
+    }
+
+    let started_at = Timestamp::now();
+    let meta = RunMeta {
+        id: report::run_id_from_env(started_at),
+        started_at,
+        config_files: options.config_files.clone(),
+        node: report::node_name_from_env(),
+    };
+    let report_path = options.report_dir.join(REPORT_FILE);
+    tracing::info!(
+        run_id = %meta.id,
+        invariants = jobs.len(),
+        report = %report_path.display(),
+        "starting run"
+    );
+
+    let (checkpoints, writer) = report::writer::spawn(report_path.clone());
+    // Room for a few seconds of samples from every invariant; the engine is much faster
+    // than probes, so a full queue only briefly delays sample tasks, never probes' timing.
+    let (events_tx, events_rx) = mpsc::channel(4096.max(jobs.len() * 4));
+    let engine_task = tokio::spawn(engine::run(
+        Engine::new(&options.set, meta),
+        events_rx,
+        options.checkpoint_interval,
+        checkpoints,
+    ));
+
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(schedule::run(
+        jobs,
+        options.limits,
+        events_tx,
+        shutdown.clone(),
+    ));
+
+    let duration = options.duration;
+    let deadline = async move {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = stop => tracing::info!("stop requested; finishing the run"),
+        _ = deadline => tracing::info!("run duration reached; finishing the run"),
+    }
+    shutdown.cancel();
+    let _ = scheduler.await;
+    // The engine has no fallible paths; if it died anyway (a bug), the last checkpoint on
+    // disk stays the best record of the run.
+    let report = engine_task
+        .await
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!(report = %report_path.display(), "writing the final report took longer than 2s; giving up on it");
+    }
+    Ok(report)
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
