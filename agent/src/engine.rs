@@ -1,19 +1,19 @@
 //! The engine: the one task that owns all evaluation state.
 //!
 //! It receives [`Event`]s from the scheduler, feeds each invariant's [`Evaluator`], logs
-//! every state change, and hands a fresh report checkpoint to the writer every
-//! `checkpoint_interval`. Nothing else mutates evaluation state, so there are no locks;
-//! readers get snapshots.
+//! every state change, and publishes a fresh [`Report`] snapshot every second on a
+//! `watch` channel. Nothing else mutates evaluation state, so there are no locks; the
+//! report writer and exporters read snapshots and can never slow the engine down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Invariant, InvariantSet};
 use crate::eval::{Evaluator, State, Transition};
-use crate::report::writer::CheckpointSender;
 use crate::report::{InvariantReport, Report, RunInfo, RunStatus};
-use crate::sample::Timestamp;
+use crate::sample::{Sample, Timestamp};
 use crate::schedule::Event;
 
 /// Facts about the run that do not change while it runs.
@@ -29,11 +29,23 @@ pub struct RunMeta {
     pub node: Option<String>,
 }
 
+/// Sees every sample as the engine ingests it, for consumers that need each one rather
+/// than a snapshot (a latency histogram, say). Runs on the engine's task: it must be
+/// cheap and must never block.
+pub trait SampleObserver: Send {
+    /// Called once per sample of the invariant at index `invariant`.
+    fn on_sample(&mut self, invariant: usize, sample: &Sample);
+}
+
+/// The latest report snapshot, published by the engine (`None` until the first).
+pub type Snapshots = watch::Receiver<Option<Arc<Report>>>;
+
 /// All evaluation state of a run.
 pub struct Engine {
     invariants: Vec<Invariant>,
     evaluators: Vec<Evaluator>,
     meta: RunMeta,
+    observers: Vec<Box<dyn SampleObserver>>,
 }
 
 impl Engine {
@@ -48,13 +60,22 @@ impl Engine {
             invariants: set.invariants.clone(),
             evaluators,
             meta,
+            observers: Vec::new(),
         }
+    }
+
+    /// Adds an observer that sees every sample.
+    pub fn observe(&mut self, observer: Box<dyn SampleObserver>) {
+        self.observers.push(observer);
     }
 
     /// Applies one scheduler event.
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Sample { invariant, sample } => {
+                for observer in &mut self.observers {
+                    observer.on_sample(invariant, &sample);
+                }
                 if let Some(t) = self
                     .evaluators
                     .get_mut(invariant)
@@ -124,36 +145,36 @@ fn log_transition(invariant: &Invariant, t: &Transition) {
     }
 }
 
-/// Runs the engine until every event sender is gone, checkpointing the report every
-/// `checkpoint_interval`, and returns the final report (also handed to the writer).
+/// How often the engine publishes a snapshot (and lets time-based state move).
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the engine until every event sender is gone, publishing a report snapshot every
+/// [`PUBLISH_INTERVAL`] on `snapshots`, and returns the final report (also published,
+/// with status `completed`).
 pub async fn run(
     mut engine: Engine,
     mut events: mpsc::Receiver<Event>,
-    checkpoint_interval: Duration,
-    checkpoints: CheckpointSender,
+    snapshots: watch::Sender<Option<Arc<Report>>>,
 ) -> Report {
-    let mut checkpoint = tokio::time::interval(checkpoint_interval);
-    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Time-based state (a `for` duration elapsing) should move within a second even when
-    // samples are sparse, independently of how often the report is written.
-    let mut advance = tokio::time::interval(Duration::from_secs(1));
-    advance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Time-based state (a `for` duration elapsing) moves even when samples are sparse.
+    let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => engine.handle(event),
                 None => break,
             },
-            _ = advance.tick() => engine.advance(Timestamp::now()),
-            _ = checkpoint.tick() => {
-                let report = engine.report(Timestamp::now(), RunStatus::Running);
-                checkpoints.send_replace(Some(std::sync::Arc::new(report.to_json())));
+            _ = publish.tick() => {
+                let now = Timestamp::now();
+                engine.advance(now);
+                snapshots.send_replace(Some(Arc::new(engine.report(now, RunStatus::Running))));
             }
         }
     }
     let now = Timestamp::now();
     engine.advance(now);
     let report = engine.report(now, RunStatus::Completed);
-    checkpoints.send_replace(Some(std::sync::Arc::new(report.to_json())));
+    snapshots.send_replace(Some(Arc::new(report.clone())));
     report
 }

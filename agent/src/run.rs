@@ -9,7 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::InvariantSet;
@@ -86,16 +86,17 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         "starting run"
     );
 
-    let (checkpoints, writer) = report::writer::spawn(report_path.clone());
+    let (snapshots_tx, snapshots) = watch::channel(None);
+    let writer = report::writer::spawn(
+        options.report_dir.clone(),
+        options.checkpoint_interval,
+        snapshots.clone(),
+    );
     // Room for a few seconds of samples from every invariant; the engine is much faster
     // than probes, so a full queue only briefly delays sample tasks, never probes' timing.
     let (events_tx, events_rx) = mpsc::channel(4096.max(jobs.len() * 4));
-    let engine_task = tokio::spawn(engine::run(
-        Engine::new(&options.set, meta),
-        events_rx,
-        options.checkpoint_interval,
-        checkpoints,
-    ));
+    let engine = Engine::new(&options.set, meta);
+    let engine_task = tokio::spawn(engine::run(engine, events_rx, snapshots_tx));
 
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(schedule::run(

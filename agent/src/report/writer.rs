@@ -1,59 +1,80 @@
 //! Writes report checkpoints to disk off the engine's task.
 //!
-//! The engine hands over the latest serialized report through a `watch` channel (newest
-//! wins; a slow disk never queues stale copies) and this task writes it atomically: to a
-//! temporary file in the same directory, then renamed over `report.json`, so a reader or
-//! a kill at any moment sees either the previous or the new complete report.
+//! The engine publishes report snapshots on a `watch` channel (newest wins; a slow disk
+//! never queues stale copies). This task writes the newest one at most once per
+//! checkpoint interval, and the final one as soon as the engine publishes it, atomically:
+//! to a temporary file in the same directory, then renamed over `report.json`, so a reader
+//! or a kill at any moment sees either the previous or the new complete report.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// Sends checkpoints to the writer task.
-pub type CheckpointSender = watch::Sender<Option<Arc<Vec<u8>>>>;
+use super::{REPORT_FILE, Report, RunStatus};
 
-/// Starts the writer for `path`. The task writes every new value and, once the sender is
-/// dropped, writes the last value (if not yet written) and ends.
-pub fn spawn(path: PathBuf) -> (CheckpointSender, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = watch::channel::<Option<Arc<Vec<u8>>>>(None);
-    let task = tokio::spawn(async move {
+/// Starts the writer for `dir`. It ends after writing a `completed` report, or when the
+/// engine's sender is gone.
+pub fn spawn(
+    dir: PathBuf,
+    checkpoint_interval: Duration,
+    mut snapshots: watch::Receiver<Option<Arc<Report>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut failing: Option<String> = None;
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
-            let closed = rx.changed().await.is_err();
-            let latest = rx.borrow_and_update().clone();
-            if let Some(bytes) = latest {
-                let target = path.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || write_atomically(&target, &bytes)).await;
-                let result = result.unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-                match (result, &failing) {
-                    (Ok(()), Some(_)) => {
-                        tracing::info!(path = %path.display(), "report checkpoint written again");
-                        failing = None;
-                    }
-                    (Ok(()), None) => {}
-                    (Err(e), _) => {
-                        let text = e.to_string();
-                        // Log each distinct failure once: a full disk must not flood logs.
-                        if failing.as_deref() != Some(text.as_str()) {
-                            tracing::error!(
-                                path = %path.display(),
-                                error = %text,
-                                "cannot write the report; sampling continues and writing is retried at the next checkpoint"
-                            );
-                            failing = Some(text);
-                        }
-                    }
+            let closed = snapshots.changed().await.is_err();
+            let latest = snapshots.borrow_and_update().clone();
+            let Some(report) = latest else {
+                if closed {
+                    break;
                 }
+                continue;
+            };
+            let completed = report.run.status == RunStatus::Completed;
+            let due = last_write.is_none_or(|t| t.elapsed() >= checkpoint_interval);
+            if completed || closed || due {
+                last_write = Some(tokio::time::Instant::now());
+                let path = dir.join(REPORT_FILE);
+                let target = path.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    write_atomically(&target, &report.to_json())
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                log_outcome(&path, result, &mut failing);
             }
-            if closed {
+            if completed || closed {
                 break;
             }
         }
-    });
-    (tx, task)
+    })
+}
+
+/// Logs each distinct write failure once (a full disk must not flood the logs) and the
+/// recovery after one.
+fn log_outcome(path: &Path, result: io::Result<()>, failing: &mut Option<String>) {
+    match (result, failing.as_ref()) {
+        (Ok(()), Some(_)) => {
+            tracing::info!(path = %path.display(), "report checkpoint written again");
+            *failing = None;
+        }
+        (Ok(()), None) => {}
+        (Err(e), _) => {
+            let text = e.to_string();
+            if failing.as_deref() != Some(text.as_str()) {
+                tracing::error!(
+                    path = %path.display(),
+                    error = %text,
+                    "cannot write the report; sampling continues and writing is retried at the next checkpoint"
+                );
+                *failing = Some(text);
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to `path` via a temporary file and rename.
