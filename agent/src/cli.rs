@@ -26,7 +26,8 @@ Exit codes: 0 success; 1 invalid invariant files or a failed run; 2 bad usage;
 Start here:
   invariant-agent demo                     watch a few local endpoints, one misbehaving (30 s)
   invariant-agent validate invariants.yaml check an invariant file, every error at once
-  invariant-agent run -c invariants.yaml   watch until SIGTERM, report in ./invariant-report";
+  invariant-agent run -c invariants.yaml   watch until SIGTERM, report in ./invariant-report
+  invariant-agent report render --from invariant-report/report.json --format html";
 
 /// Watches cluster invariants for the whole of an e2e run and reports every violation.
 #[derive(Debug, Parser)]
@@ -85,6 +86,9 @@ pub enum Command {
     /// which fails on a schedule), watches them with an embedded invariant file, and
     /// prints the report. Needs no cluster and no collector.
     Demo(DemoArgs),
+    /// Render saved reports (html, junit, md, ndjson, json, text), compare a run with
+    /// past runs, or print the report schemas.
+    Report(crate::report::cli::ReportCommand),
 }
 
 /// Flags of `run`.
@@ -129,6 +133,12 @@ pub struct CommonRunArgs {
     /// Most samples in flight across all invariants; ticks beyond it are counted as missed.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrency)]
     pub max_concurrency: usize,
+    /// OTLP export and the /metrics endpoint.
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
+    /// Report contents and forms: cluster name, JUnit mode, test timing.
+    #[command(flatten)]
+    pub report: crate::report::cli::ReportRunArgs,
 }
 
 /// Flags of `demo`.
@@ -139,7 +149,8 @@ pub struct DemoArgs {
     pub common: CommonRunArgs,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses a positive duration flag such as `30s`, `5m` or `1h30m`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 30s, 5m, 1h30m"))?;
     if d.is_zero() {
@@ -178,6 +189,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Docs { files } => docs(&files),
         Command::Run(args) => run_command(args),
         Command::Demo(args) => crate::demo::run(args.common),
+        Command::Report(command) => crate::report::cli::execute(command),
     }
 }
 
@@ -250,14 +262,15 @@ pub fn run_options(
             max_concurrency: common.max_concurrency,
             ..Limits::default()
         },
+        export: common.export,
+        report: common.report,
     }
 }
 
 /// Runs to the end on a fresh runtime, prints the summary, and maps the outcome to an
 /// exit code.
 pub fn execute_run(options: RunOptions, fail_on_violation: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

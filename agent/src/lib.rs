@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod eval;
+pub mod export;
 pub mod probe;
 pub mod report;
 pub mod run;

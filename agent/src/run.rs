@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub checkpoint_interval: Duration,
     /// Concurrency and shutdown limits.
     pub limits: Limits,
+    /// OTLP export and `/metrics` settings (resolved against the environment at start).
+    pub export: crate::export::ExportArgs,
+    /// Cluster name, JUnit mode and test timing for the report.
+    pub report: crate::report::cli::ReportRunArgs,
 }
 
 /// Errors that stop a run before it starts.
@@ -52,6 +56,9 @@ pub enum RunError {
         "the evaluation engine stopped unexpectedly ({0}); the last report checkpoint on disk is the best record of this run"
     )]
     Engine(String),
+    /// Export settings that cannot work, or a metrics address that cannot be bound.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 /// Runs until `stop` resolves or the duration passes, then returns the final report.
@@ -87,16 +94,42 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     );
 
     let (snapshots_tx, snapshots) = watch::channel(None);
-    let writer = report::writer::spawn(
+    // Export settings are checked and the metrics address bound before sampling starts;
+    // the run id is the report's, so metrics and report join.
+    let run_identity = crate::export::RunIdentity {
+        run_id: &meta.id,
+        cluster: options.report.cluster.as_deref(),
+    };
+    let exporters = crate::export::Exporters::start(
+        &options.export,
+        &options.set,
+        &run_identity,
+        snapshots.clone(),
+    )
+    .await?;
+    let writer = report::writer::spawn_with(
         options.report_dir.clone(),
         options.checkpoint_interval,
         snapshots.clone(),
+        report::writer::WriterOptions {
+            junit_mode: options.report.junit_mode,
+        },
     );
     // Room for a few seconds of samples from every invariant; the engine is much faster
     // than probes, so a full queue only briefly delays sample tasks, never probes' timing.
     let (events_tx, events_rx) = mpsc::channel(4096.max(jobs.len() * 4));
-    let engine = Engine::new(&options.set, meta);
-    let engine_task = tokio::spawn(engine::run(engine, events_rx, snapshots_tx));
+    let mut engine = Engine::new(&options.set, meta);
+    engine.set_context(report::RunContext::from_env(options.report.cluster.clone()));
+    let (annotations_tx, annotations_rx) = mpsc::channel(1024);
+    if let Some(observer) = exporters.sample_observer() {
+        engine.observe(observer);
+    }
+    let engine_task = tokio::spawn(engine::run_with_annotations(
+        engine,
+        events_rx,
+        annotations_rx,
+        snapshots_tx,
+    ));
 
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(schedule::run(
@@ -105,6 +138,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         events_tx,
         shutdown.clone(),
     ));
+    exporters.set_ready(true);
 
     let duration = options.duration;
     let deadline = async move {
@@ -117,6 +151,10 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         _ = stop => tracing::info!("stop requested; finishing the run"),
         _ = deadline => tracing::info!("run duration reached; finishing the run"),
     }
+    exporters.set_ready(false);
+    // Test timing written by the suite as it ended goes into the final report.
+    send_test_timing(&options.report.tests_from, &annotations_tx).await;
+    drop(annotations_tx);
     shutdown.cancel();
     let _ = scheduler.await;
     // The engine has no fallible paths; if it died anyway (a bug), the last checkpoint on
@@ -124,13 +162,38 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let report = engine_task
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
-    if tokio::time::timeout(Duration::from_secs(2), writer)
-        .await
-        .is_err()
-    {
+    // The final snapshot is published: flush it to the collector while the report is
+    // written, each on its own deadline.
+    let (written, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), writer),
+        exporters.shutdown(crate::export::FLUSH_DEADLINE),
+    );
+    if written.is_err() {
         tracing::error!(report = %report_path.display(), "writing the final report took longer than 2s; giving up on it");
     }
     Ok(report)
+}
+
+/// Reads the Ginkgo JSON reports given with `--tests-from` and hands their specs to the
+/// engine. A file that is missing or unreadable is logged, never fatal: the report is
+/// still written, without that timing.
+async fn send_test_timing(
+    files: &[PathBuf],
+    annotations: &mpsc::Sender<crate::report::Annotation>,
+) {
+    for file in files {
+        match report::ginkgo::read(file) {
+            Ok(list) => {
+                tracing::info!(file = %file.display(), annotations = list.len(), "read test timing");
+                for a in list {
+                    if annotations.send(a).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "test timing not added to the report"),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

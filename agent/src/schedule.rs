@@ -132,7 +132,7 @@ async fn tick_loop(
 ) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let max_in_flight = job.max_in_flight();
-    let phase = Duration::from_millis(fastrand::u64(0..job.interval.as_millis().max(1) as u64));
+    let phase = start_offset(job.interval);
     let start = Instant::now() + phase;
     let mut tick: u32 = 0;
     loop {
@@ -197,6 +197,17 @@ async fn tick_loop(
         }
         tick = tick.saturating_add(1);
     }
+}
+
+/// Invariants start at offsets on a 50 ms grid: spread enough that a file of 1 s
+/// invariants does not fire in lock-step, coarse enough that many ticks share one wake-up
+/// (200 invariants at 1 s wake the process 20 times a second, not 200).
+const START_OFFSET_QUANTUM: Duration = Duration::from_millis(50);
+
+/// A random start offset within the first interval, on the [`START_OFFSET_QUANTUM`] grid.
+fn start_offset(interval: Duration) -> Duration {
+    let slots = (interval.as_millis() / START_OFFSET_QUANTUM.as_millis()).max(1) as u32;
+    START_OFFSET_QUANTUM * fastrand::u32(0..slots)
 }
 
 /// Decrements the in-flight count however the sample task ends.

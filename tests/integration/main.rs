@@ -6,5 +6,10 @@ mod support;
 
 mod cli_config;
 mod demo;
+mod export_otlp;
+mod export_prometheus;
+mod export_support;
 mod faults;
 mod lifecycle;
+mod report;
+mod report_html;

@@ -315,3 +315,46 @@ fn free_udp_port() -> u16 {
     }
     panic!("no free port for dnsmasq");
 }
+
+/// As [`spawn_agent`], with extra environment variables (e.g. `JOB_NAME`).
+pub fn spawn_agent_with_env(
+    ws: &Workspace,
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut command = Command::new(agent_binary());
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("BUILD_ID")
+        .env_remove("PROW_JOB_ID")
+        .env_remove("JOB_NAME")
+        .env_remove("CLUSTER_NAME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("start the agent")
+}
+
+/// Runs `invariant-agent ARGS...` to completion (no stdin) and returns its output.
+pub fn agent_command(args: &[&str]) -> Finished {
+    let out = std::process::Command::new(agent_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the agent");
+    Finished {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -30,6 +30,7 @@ const INVARIANT_FIELDS: &[&str] = &[
     "labels",
     "probe",
     "condition",
+    "expectedDisruptions",
 ];
 const PROBE_KINDS: &[&str] = &["http", "tcp", "dns", "metrics"];
 const HTTP_FIELDS: &[&str] = &[
@@ -679,6 +680,10 @@ impl Checker<'_> {
         let condition = self
             .required(&map, "condition")
             .and_then(|n| self.condition(n, &map.path("condition"), interval));
+        let expected_disruptions = match map.get("expectedDisruptions") {
+            Some(n) => self.test_patterns(n, &map.path("expectedDisruptions")),
+            None => Some(Vec::new()),
+        };
 
         Some(Invariant {
             name: name?,
@@ -690,8 +695,36 @@ impl Checker<'_> {
             labels: labels?,
             probe: probe?,
             condition: condition?,
+            expected_disruptions: expected_disruptions?,
             source,
         })
+    }
+
+    /// A list of regular expressions matched against full test names.
+    fn test_patterns(&mut self, node: &Node, path: &str) -> Option<Vec<TestPattern>> {
+        let items = self.list(node, path)?;
+        let mut ok = true;
+        let mut patterns = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(text) = self.non_empty_string(item, &item_path) else {
+                ok = false;
+                continue;
+            };
+            match regex::Regex::new(text) {
+                Ok(re) => patterns.push(TestPattern(re)),
+                Err(e) => {
+                    let message = format!(
+                        "invalid regex: {}; patterns are regular expressions searched in the \
+                         full test name, so escape brackets: '\\[Disruptive\\]'",
+                        regex_error_message(&e)
+                    );
+                    self.error(&item.referenced, &item_path, message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(patterns)
     }
 
     /// Checks the name is a DNS label and unique across all files loaded so far.

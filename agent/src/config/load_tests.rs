@@ -117,6 +117,9 @@ invariants:
         maxBodyBytes: 4096
     condition:
       availability: {target: 99.9, window: 10m}
+    expectedDisruptions:
+      - '\[Disruptive\]'
+      - "^\\[sig-api-machinery\\] .*restart"
   - name: apiserver-port
     description: The API server port accepts TLS connections.
     owner: sig-network
@@ -240,6 +243,10 @@ fn a_full_file_parses_into_the_exact_spec() {
                     target_percent: 99.9,
                     window: secs(600),
                 },
+                expected_disruptions: vec![
+                    TestPattern(re(r"\[Disruptive\]")),
+                    TestPattern(re("^\\[sig-api-machinery\\] .*restart")),
+                ],
                 source: "full.yaml:9:5".into(),
             },
             Invariant {
@@ -262,7 +269,8 @@ fn a_full_file_parses_into_the_exact_spec() {
                     max: Duration::from_millis(250),
                     window: secs(90),
                 },
-                source: "full.yaml:30:5".into(),
+                expected_disruptions: Vec::new(),
+                source: "full.yaml:33:5".into(),
             },
             Invariant {
                 name: "cluster-dns".into(),
@@ -286,7 +294,8 @@ fn a_full_file_parses_into_the_exact_spec() {
                     max: Some(10.0),
                     for_duration: secs(30),
                 },
-                source: "full.yaml:39:5".into(),
+                expected_disruptions: Vec::new(),
+                source: "full.yaml:42:5".into(),
             },
             Invariant {
                 name: "no-5xx".into(),
@@ -318,7 +327,8 @@ fn a_full_file_parses_into_the_exact_spec() {
                     max: 0.0,
                     window: Some(secs(600)),
                 },
-                source: "full.yaml:50:5".into(),
+                expected_disruptions: Vec::new(),
+                source: "full.yaml:53:5".into(),
             },
             Invariant {
                 name: "plain-defaults".into(),
@@ -334,7 +344,8 @@ fn a_full_file_parses_into_the_exact_spec() {
                     max: secs(1),
                     window: secs(300),
                 },
-                source: "full.yaml:61:5".into(),
+                expected_disruptions: Vec::new(),
+                source: "full.yaml:64:5".into(),
             },
         ],
     };
@@ -651,16 +662,12 @@ fn interval_and_timeout_ranges() {
                 "invariants[0].timeout: timeout 1s601ms is more than 16 × interval 100ms (1s600ms); at most 16 samples of one invariant may be in flight, so raise the interval or lower the timeout",
             ],
         ),
-        // The default timeout (5s) against a short interval: the interval is at fault.
-        (
-            &format!("interval: 200ms\n{rest}"),
-            &[
-                "invariants[0].interval: timeout 5s is more than 16 × interval 200ms (3s200ms); at most 16 samples of one invariant may be in flight, so raise the interval or lower the timeout",
-            ],
-        ),
     ]);
     let inv = parse_invariant(&format!("interval: 100ms\ntimeout: 1600ms\n{rest}"));
     assert_eq!(inv.timeout, Duration::from_millis(1600));
+    // Without a timeout anywhere, a short interval is its own timeout: no error.
+    let inv = parse_invariant(&format!("interval: 200ms\n{rest}"));
+    assert_eq!(inv.timeout, Duration::from_millis(200));
 }
 
 #[test]
@@ -695,7 +702,7 @@ fn unknown_invariant_fields_are_named() {
     assert_cases(&[(
         &format!("{HTTP}\n{AVAILABILITY}\nretries: 3"),
         &[
-            "invariants[0].retries: unknown field; expected one of name, description, owner, scope, interval, timeout, labels, probe, condition",
+            "invariants[0].retries: unknown field; expected one of name, description, owner, scope, interval, timeout, labels, probe, condition, expectedDisruptions",
         ],
     )]);
 }
@@ -973,6 +980,70 @@ fn body_value_pointer_connection_and_body_size() {
         panic!("not http")
     };
     assert_eq!(h.max_body_bytes, 1_000_000);
+}
+
+#[test]
+fn expected_disruptions_are_regexes_on_test_names() {
+    let p = "invariants[0].expectedDisruptions";
+    assert_cases(&[
+        (
+            &format!("{HTTP}\n{AVAILABILITY}\nexpectedDisruptions: ['[Disruptive', '', 3, 'ok']"),
+            &[
+                &format!(
+                    "{p}[0]: invalid regex: unclosed character class; patterns are regular \
+                     expressions searched in the full test name, so escape brackets: '\\[Disruptive\\]'"
+                ),
+                &format!("{p}[1]: must not be empty"),
+                &format!(
+                    "{p}[2]: expected a string, found the number 3; put it in quotes to use it as text"
+                ),
+            ],
+        ),
+        (
+            &format!("{HTTP}\n{AVAILABILITY}\nexpectedDisruptions: '[Disruptive]'"),
+            &[&format!(
+                "{p}: expected a list, found the string \"[Disruptive]\""
+            )],
+        ),
+    ]);
+    let inv = parse_invariant(&format!(
+        "{HTTP}\n{AVAILABILITY}\nexpectedDisruptions: ['\\[Disruptive\\]', 'should survive a (reboot|restart)']"
+    ));
+    let names: Vec<&str> = inv
+        .expected_disruptions
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [r"\[Disruptive\]", "should survive a (reboot|restart)"]
+    );
+    let [disruptive, reboot] = &inv.expected_disruptions[..] else {
+        panic!("two patterns")
+    };
+    assert!(disruptive.matches("[sig-node] Nodes should drain [Disruptive] [Serial]"));
+    assert!(!disruptive.matches("[sig-node] Nodes should drain D"));
+    assert!(reboot.matches("[sig-cloud] nodes should survive a reboot quickly"));
+    assert!(
+        parse_invariant(&format!("{HTTP}\n{AVAILABILITY}"))
+            .expected_disruptions
+            .is_empty()
+    );
+}
+
+#[test]
+fn expected_disruption_errors_carry_file_line_and_column() {
+    let text = invariant_file(&format!(
+        "{HTTP}\n{AVAILABILITY}\nexpectedDisruptions:\n  - ok\n  - '(unclosed'"
+    ));
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "11:9: invariants[0].expectedDisruptions[1]: invalid regex: unclosed group"
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -36,8 +36,34 @@ pub struct Invariant {
     pub probe: ProbeSpec,
     /// When the invariant holds.
     pub condition: Condition,
+    /// Tests expected to disrupt this invariant: a violation interval that overlaps the
+    /// run of a test whose full name matches one of these is reported as expected.
+    pub expected_disruptions: Vec<TestPattern>,
     /// Where the invariant was declared (`file:line:column`), for messages.
     pub source: String,
+}
+
+/// A regular expression searched for in a test's full name (unanchored, like
+/// `ginkgo --focus`), e.g. `\[Disruptive\]` or `^\[sig-node\] .*reboot`.
+#[derive(Clone, Debug)]
+pub struct TestPattern(pub regex::Regex);
+
+impl TestPattern {
+    /// The pattern as written in the invariant file.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Whether the pattern matches somewhere in `test_name`.
+    pub fn matches(&self, test_name: &str) -> bool {
+        self.0.is_match(test_name)
+    }
+}
+
+impl PartialEq for TestPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// Where an invariant runs.
@@ -256,14 +282,23 @@ impl std::fmt::Display for MetricSelector {
                 match m {
                     LabelMatcher::Equal(n, v) => write!(f, "{n}={v:?}")?,
                     LabelMatcher::NotEqual(n, v) => write!(f, "{n}!={v:?}")?,
-                    LabelMatcher::Regex(n, r) => write!(f, "{n}=~{:?}", r.as_str())?,
-                    LabelMatcher::NotRegex(n, r) => write!(f, "{n}!~{:?}", r.as_str())?,
+                    LabelMatcher::Regex(n, r) => write!(f, "{n}=~{:?}", as_written(r))?,
+                    LabelMatcher::NotRegex(n, r) => write!(f, "{n}!~{:?}", as_written(r))?,
                 }
             }
             f.write_str("}")?;
         }
         Ok(())
     }
+}
+
+/// A matcher regex as the user wrote it: matchers are stored fully anchored, as PromQL
+/// matches them (`^(?:re)$`), but people should read back what they wrote.
+fn as_written(r: &regex::Regex) -> &str {
+    r.as_str()
+        .strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(r.as_str())
 }
 
 /// A metrics scrape probe.

@@ -120,7 +120,7 @@ mod tests;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::disruption::Disruption;
 use self::fmt::{At, Human};
@@ -141,7 +141,7 @@ pub const LATE_HORIZON: Duration = Duration::from_secs(300);
 const MAX_SPARE_BUFFERS: usize = 4;
 
 /// Where an invariant stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// No sample could be judged yet.
@@ -182,7 +182,7 @@ pub struct Transition {
 }
 
 /// Sample counts by outcome.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Samples where the target answered as expected.
     pub ok: u64,
@@ -206,7 +206,7 @@ impl Totals {
 
 /// Whole-run latency quantiles in seconds, from a bounded histogram (relative error
 /// below 0.8 %; `max` exact). Covers samples where the target answered (ok or absent).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Median.
     pub p50: f64,
@@ -219,7 +219,7 @@ pub struct LatencySummary {
 }
 
 /// A stretch of time during which the invariant was violated.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ViolationInterval {
     /// Time of the first bad sample (of the episode, or of this class after a split).
     pub start: Timestamp,
@@ -233,10 +233,42 @@ pub struct ViolationInterval {
     pub last_error: Option<String>,
     /// Bad samples in the interval.
     pub samples: u64,
+    /// Tests whose run overlapped the interval, earliest first. The evaluator leaves this
+    /// empty; the report fills it from test annotations (see `report::attribution`).
+    #[serde(default)]
+    pub tests: Vec<String>,
+    /// Overlapping tests beyond those listed in `tests` (the list is capped).
+    #[serde(default)]
+    pub tests_omitted: u64,
+    /// The overlapping tests that the invariant's `expectedDisruptions` patterns match.
+    #[serde(default)]
+    pub expected_by: Vec<String>,
+    /// Whether a test expected to disrupt the invariant overlapped the interval: then the
+    /// violation is reported as expected, not as a problem.
+    #[serde(default)]
+    pub expected: bool,
+}
+
+impl ViolationInterval {
+    /// An interval at time 0 with no attribution, for filling the other fields in.
+    fn unattributed() -> Self {
+        ViolationInterval {
+            start: Timestamp(0),
+            end: None,
+            error_class: None,
+            first_error: None,
+            last_error: None,
+            samples: 0,
+            tests: Vec::new(),
+            tests_omitted: 0,
+            expected_by: Vec::new(),
+            expected: false,
+        }
+    }
 }
 
 /// Everything a report needs about one invariant, as of some `now`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Current state.
     pub state: State,
@@ -336,6 +368,7 @@ impl Segment {
             first_error: (!self.first_error.is_empty()).then(|| self.first_error.clone()),
             last_error: (!self.last_error.is_empty()).then(|| self.last_error.clone()),
             samples: self.samples,
+            ..ViolationInterval::unattributed()
         }
     }
 
@@ -348,6 +381,7 @@ impl Segment {
             first_error: text(self.first_error),
             last_error: text(self.last_error),
             samples: self.samples,
+            ..ViolationInterval::unattributed()
         }
     }
 

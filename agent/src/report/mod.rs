@@ -1,42 +1,78 @@
-//! The run report: what every invariant did during the run, written as `report.json`.
+//! The run report: what every invariant did during the run, and every form it is read in.
 //!
 //! The engine builds a [`Report`] from its state; [`writer`] checkpoints it to disk
-//! atomically every few seconds, so a suite that is killed mid-run still leaves the last
-//! checkpoint (with `status: running`) behind. [`text`] renders the short summary printed
-//! at the end of a run.
+//! atomically every few seconds (`report.json`, the source of truth, plus the derived
+//! `report.ndjson`, `report.junit.xml` and `report.html`), so a suite that is killed
+//! mid-run still leaves the last checkpoint (with `status: running`) behind in every
+//! form. A saved report reads back with [`Report::from_json`] and renders again with
+//! `invariant-agent report render` ([`cli`]).
+//!
+//! [`attribution`] relates violation intervals to the tests that ran during them (test
+//! [`Annotation`]s, from the engine or from a Ginkgo JSON report read by [`ginkgo`]) and
+//! marks the ones an invariant's `expectedDisruptions` explain. [`compare`] judges a run
+//! against past runs' reports. Formats: [`text`] (end-of-run summary), [`markdown`],
+//! [`junit`], [`html`], [`ndjson`] (one row per invariant, with a BigQuery schema).
+//! The JSON format is specified by `docs/report.schema.json` ([`JSON_SCHEMA`]).
 
+pub mod attribution;
+pub mod cli;
+pub mod compare;
+pub mod ginkgo;
+pub mod html;
+pub mod junit;
+pub mod markdown;
+pub mod ndjson;
 pub mod text;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Invariant;
 use crate::eval::Summary;
 use crate::sample::Timestamp;
 
-/// Version of the report format; bumped on incompatible changes.
+/// Version of the report format; bumped on incompatible changes. Additions (new fields)
+/// keep the version: readers ignore fields they do not know.
 pub const SCHEMA_VERSION: &str = "invariant-agent.report/v1alpha1";
 
 /// File name of the report inside the report directory.
 pub const REPORT_FILE: &str = "report.json";
 
+/// JSON Schema (draft 2020-12) of `report.json`, also in `docs/report.schema.json`.
+pub const JSON_SCHEMA: &str = include_str!("../../../docs/report.schema.json");
+
+/// BigQuery table schema of the rows of `report.ndjson`, also in
+/// `docs/report-bigquery-schema.json`.
+pub const BIGQUERY_SCHEMA: &str = include_str!("../../../docs/report-bigquery-schema.json");
+
+/// Most annotations a report keeps; later ones are only counted (a suite has a few
+/// thousand tests, so this bounds memory only against a misbehaving client).
+pub const MAX_ANNOTATIONS: usize = 50_000;
+
 /// The whole run report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    /// Always [`SCHEMA_VERSION`].
-    pub schema_version: &'static str,
+    /// Always [`SCHEMA_VERSION`] when written by this agent.
+    pub schema_version: Cow<'static, str>,
     /// Facts about the run.
     pub run: RunInfo,
     /// Counts of invariants by verdict.
     pub totals: VerdictTotals,
     /// One entry per invariant, in file order.
     pub invariants: Vec<InvariantReport>,
+    /// Tests and phases of the run, oldest first: what was running when.
+    #[serde(default)]
+    pub annotations: Vec<Annotation>,
+    /// Annotations beyond [`MAX_ANNOTATIONS`]: counted, not stored.
+    #[serde(default)]
+    pub annotations_dropped: u64,
 }
 
 /// Whether the run is still going or ended cleanly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// A checkpoint of a run in progress. Found on disk after the run, it means the run
@@ -46,19 +82,36 @@ pub enum RunStatus {
     Completed,
 }
 
+impl RunStatus {
+    /// The snake_case name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+        }
+    }
+}
+
 /// Facts about the run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunInfo {
     /// Run id: `$PROW_JOB_ID` or `$BUILD_ID` when set, else generated at start.
     pub id: String,
+    /// Where the run happened: CI job, build and cluster.
+    #[serde(flatten)]
+    pub context: RunContext,
     /// Version of the agent that wrote this report.
-    pub agent_version: &'static str,
+    pub agent_version: Cow<'static, str>,
     /// Whether the run is still going or ended cleanly.
     pub status: RunStatus,
     /// When the agent started sampling.
     pub started_at: Timestamp,
     /// When this report was written (the run's end for a completed report).
     pub updated_at: Timestamp,
+    /// When the run ended cleanly; `None` while running, and in a report of a run that was
+    /// cut short.
+    #[serde(default)]
+    pub ended_at: Option<Timestamp>,
     /// Seconds from `started_at` to `updated_at`.
     pub duration_seconds: f64,
     /// Invariant files the run used (`<embedded demo>` for the demo).
@@ -67,11 +120,49 @@ pub struct RunInfo {
     pub node: Option<String>,
 }
 
+/// Where a run happened, from the CI environment and the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunContext {
+    /// CI job name (`$JOB_NAME`, set by Prow and Jenkins).
+    #[serde(default)]
+    pub job_name: Option<String>,
+    /// CI build number (`$BUILD_ID`, set by Prow and Jenkins).
+    #[serde(default)]
+    pub build_id: Option<String>,
+    /// Cluster under test (`--cluster`, else `$CLUSTER_NAME`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+impl RunContext {
+    /// Job and build from `$JOB_NAME` and `$BUILD_ID`; `cluster` from the command line
+    /// (which clap fills from `$CLUSTER_NAME` when the flag is absent).
+    pub fn from_env(cluster: Option<String>) -> Self {
+        RunContext {
+            job_name: non_empty_env("JOB_NAME"),
+            build_id: non_empty_env("BUILD_ID"),
+            cluster: cluster
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 /// Counts of invariants by verdict.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VerdictTotals {
-    /// Invariants that were violated at some point of the run.
+    /// Invariants violated at least once outside expected disruptions.
     pub violated: usize,
+    /// Invariants violated only while tests expected to disrupt them ran.
+    #[serde(default)]
+    pub expected_disruption: usize,
     /// Invariants that were examined and never violated.
     pub held: usize,
     /// Invariants that never saw a sample they could judge: NOT a pass.
@@ -79,15 +170,19 @@ pub struct VerdictTotals {
 }
 
 /// The verdict on one invariant for the whole run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Violated at least once.
+    /// Violated at least once outside expected disruptions (or violations were dropped,
+    /// which cannot be known to be expected).
     Violated,
+    /// Never examined (no samples, or only absent series): not a pass.
+    NotExamined,
+    /// Violated, but every violation overlapped a test the invariant declares in
+    /// `expectedDisruptions`: reported, not a problem.
+    ExpectedDisruption,
     /// Examined and never violated.
     Held,
-    /// Never examined (no samples, or only absent series).
-    NotExamined,
 }
 
 impl Verdict {
@@ -95,14 +190,21 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Violated => "violated",
-            Verdict::Held => "held",
             Verdict::NotExamined => "not_examined",
+            Verdict::ExpectedDisruption => "expected_disruption",
+            Verdict::Held => "held",
         }
+    }
+
+    /// Worst first: violated, not examined, expected disruption, held. Verdicts sort in
+    /// this order too.
+    pub fn severity_rank(self) -> u8 {
+        self as u8
     }
 }
 
 /// One invariant in the report: its declaration and what happened.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InvariantReport {
     /// Unique name.
     pub name: String,
@@ -111,15 +213,15 @@ pub struct InvariantReport {
     /// Who owns it.
     pub owner: String,
     /// `node` or `cluster`.
-    pub scope: &'static str,
+    pub scope: Cow<'static, str>,
     /// Labels from the invariant file.
     pub labels: BTreeMap<String, String>,
     /// Probe kind (`http`, `tcp`, `dns`, `metrics`).
-    pub probe: &'static str,
+    pub probe: Cow<'static, str>,
     /// What the probe observes.
     pub target: String,
     /// Condition kind (`availability`, `latency`, `threshold`, `increase`).
-    pub condition: &'static str,
+    pub condition: Cow<'static, str>,
     /// The condition in words, e.g. `availability >= 99.9% over 5m`.
     pub condition_text: String,
     /// Seconds between samples.
@@ -128,65 +230,288 @@ pub struct InvariantReport {
     pub timeout_seconds: f64,
     /// Where the invariant is declared.
     pub source: String,
+    /// Regular expressions on full test names: tests expected to disrupt this invariant.
+    #[serde(default)]
+    pub expected_disruptions: Vec<String>,
     /// The verdict for the run.
     pub verdict: Verdict,
+    /// Violation intervals that overlapped no expected test, plus dropped ones.
+    #[serde(default)]
+    pub unexpected_violations: u64,
+    /// Violation intervals that overlapped a test expected to disrupt the invariant.
+    #[serde(default)]
+    pub expected_violations: u64,
     /// What the evaluator measured.
     #[serde(flatten)]
     pub summary: Summary,
 }
 
 impl InvariantReport {
-    /// Builds the report entry for `invariant` from its evaluator summary.
+    /// Builds the report entry for `invariant` from its evaluator summary. The verdict
+    /// counts every violation as unexpected until [`attribution`] looks at tests.
     pub fn new(invariant: &Invariant, summary: Summary) -> Self {
-        let verdict = if !summary.violations.is_empty() || summary.violations_dropped > 0 {
-            Verdict::Violated
-        } else if summary.examined {
-            Verdict::Held
-        } else {
-            Verdict::NotExamined
-        };
-        InvariantReport {
+        let mut entry = InvariantReport {
             name: invariant.name.clone(),
             description: invariant.description.clone(),
             owner: invariant.owner.clone(),
-            scope: invariant.scope.as_str(),
+            scope: Cow::Borrowed(invariant.scope.as_str()),
             labels: invariant.labels.clone(),
-            probe: invariant.probe.kind(),
+            probe: Cow::Borrowed(invariant.probe.kind()),
             target: invariant.probe.target(),
-            condition: invariant.condition.kind(),
+            condition: Cow::Borrowed(invariant.condition.kind()),
             condition_text: invariant.condition.describe(),
             interval_seconds: invariant.interval.as_secs_f64(),
             timeout_seconds: invariant.timeout.as_secs_f64(),
             source: invariant.source.clone(),
-            verdict,
+            expected_disruptions: invariant
+                .expected_disruptions
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            verdict: Verdict::NotExamined,
+            unexpected_violations: 0,
+            expected_violations: 0,
             summary,
+        };
+        entry.judge();
+        entry
+    }
+
+    /// Recounts expected and unexpected violations from the intervals' `expected` flags
+    /// and sets the verdict.
+    pub fn judge(&mut self) {
+        let s = &self.summary;
+        let expected = s.violations.iter().filter(|v| v.expected).count() as u64;
+        let unexpected =
+            (s.violations.len() as u64 - expected).saturating_add(s.violations_dropped);
+        self.expected_violations = expected;
+        self.unexpected_violations = unexpected;
+        self.verdict = if unexpected > 0 {
+            Verdict::Violated
+        } else if expected > 0 {
+            Verdict::ExpectedDisruption
+        } else if s.examined {
+            Verdict::Held
+        } else {
+            Verdict::NotExamined
+        };
+    }
+}
+
+/// Something that ran during the run: a test or a phase of the suite.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// `test` or `phase`.
+    pub kind: AnnotationKind,
+    /// Full test name (Ginkgo's container texts and leaf text joined by spaces), or the
+    /// phase's name (e.g. `BeforeSuite`, `upgrade`).
+    pub name: String,
+    /// When it started.
+    pub start: Timestamp,
+    /// When it ended; `None` while it runs.
+    #[serde(default)]
+    pub end: Option<Timestamp>,
+    /// How a test ended (`passed`, `failed`, `skipped`, `panicked`, `interrupted`,
+    /// `aborted`, ...); `None` for phases and running tests.
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+/// What an [`Annotation`] marks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnotationKind {
+    /// One test (spec).
+    Test,
+    /// A phase of the suite (setup, upgrade, teardown, ...).
+    Phase,
+}
+
+impl AnnotationKind {
+    /// The snake_case name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnotationKind::Test => "test",
+            AnnotationKind::Phase => "phase",
         }
     }
+}
+
+/// Annotations of a run, bounded: what the engine keeps and reports carry.
+#[derive(Clone, Debug, Default)]
+pub struct AnnotationLog {
+    items: Vec<Annotation>,
+    dropped: u64,
+}
+
+impl AnnotationLog {
+    /// Records `annotation`. One with the same kind, name and start as a recorded one
+    /// replaces it, so a client may send a test when it starts (no `end`) and again when
+    /// it ends (with `end` and `outcome`).
+    pub fn add(&mut self, annotation: Annotation) {
+        if let Some(existing) = self.items.iter_mut().rev().find(|a| {
+            a.kind == annotation.kind && a.start == annotation.start && a.name == annotation.name
+        }) {
+            *existing = annotation;
+        } else if self.items.len() < MAX_ANNOTATIONS {
+            self.items.push(annotation);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The annotations, in the order recorded.
+    pub fn items(&self) -> &[Annotation] {
+        &self.items
+    }
+
+    /// Annotations not stored because the log was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// Why a saved report cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The text is not a report.
+    #[error("{path} is not an invariant-agent report: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Report {
     /// Assembles a report and counts verdicts.
     pub fn new(run: RunInfo, invariants: Vec<InvariantReport>) -> Self {
+        let mut report = Report {
+            schema_version: Cow::Borrowed(SCHEMA_VERSION),
+            run,
+            totals: VerdictTotals::default(),
+            invariants,
+            annotations: Vec::new(),
+            annotations_dropped: 0,
+        };
+        report.count_verdicts();
+        report
+    }
+
+    /// Adds `annotations` (merged as [`AnnotationLog::add`] does, then ordered by start)
+    /// and attributes violation intervals to the tests that overlapped them.
+    pub fn with_annotations(mut self, annotations: impl IntoIterator<Item = Annotation>) -> Self {
+        self.add_annotations(annotations);
+        self
+    }
+
+    /// As [`Report::with_annotations`], in place.
+    pub fn add_annotations(&mut self, annotations: impl IntoIterator<Item = Annotation>) {
+        let mut log = AnnotationLog {
+            items: std::mem::take(&mut self.annotations),
+            dropped: self.annotations_dropped,
+        };
+        for a in annotations {
+            log.add(a);
+        }
+        self.annotations = log.items;
+        self.annotations_dropped = log.dropped;
+        self.annotations
+            .sort_by(|a, b| (a.start, a.kind, &a.name).cmp(&(b.start, b.kind, &b.name)));
+        attribution::apply(self);
+    }
+
+    /// Recounts [`Report::totals`] from the invariants' verdicts.
+    pub fn count_verdicts(&mut self) {
         let mut totals = VerdictTotals::default();
-        for i in &invariants {
+        for i in &self.invariants {
             match i.verdict {
                 Verdict::Violated => totals.violated += 1,
+                Verdict::ExpectedDisruption => totals.expected_disruption += 1,
                 Verdict::Held => totals.held += 1,
                 Verdict::NotExamined => totals.not_examined += 1,
             }
         }
-        Report {
-            schema_version: SCHEMA_VERSION,
-            run,
-            totals,
-            invariants,
-        }
+        self.totals = totals;
     }
 
     /// Pretty JSON, as written to `report.json`.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain data structs cannot fail; an empty document would be noticed.
         serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads a report written by this or an older agent of the same major schema
+    /// (`invariant-agent.report/v1…`). `path` is only used in messages. Attribution is
+    /// recomputed, so reports from before it existed gain it.
+    pub fn from_json(path: &str, bytes: &[u8]) -> Result<Self, ReadError> {
+        let invalid = |message: String| ReadError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e})")))?;
+        match value.get("schema_version").and_then(|v| v.as_str()) {
+            Some(v) if v.starts_with("invariant-agent.report/v1") => {}
+            Some(v) => {
+                return Err(invalid(format!(
+                    "unsupported schema_version {v:?}; this agent reads {SCHEMA_VERSION}"
+                )));
+            }
+            None => return Err(invalid("no schema_version field".to_string())),
+        }
+        let mut report: Report =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        attribution::apply(&mut report);
+        Ok(report)
+    }
+
+    /// Reads a report file; `-` reads standard input.
+    pub fn read(path: &std::path::Path) -> Result<Self, ReadError> {
+        let name = path.display().to_string();
+        let bytes = if name == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+        } else {
+            std::fs::read(path)
+        }
+        .map_err(|source| ReadError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        Report::from_json(&name, &bytes)
+    }
+
+    /// The end of the report's time range: when the run ended, or its last checkpoint.
+    pub fn end_time(&self) -> Timestamp {
+        self.run.ended_at.unwrap_or(self.run.updated_at)
+    }
+
+    /// Invariants worst first (by verdict, then by unexpected violations and disruption,
+    /// then by name), for summaries.
+    pub fn by_severity(&self) -> Vec<&InvariantReport> {
+        let mut rows: Vec<&InvariantReport> = self.invariants.iter().collect();
+        rows.sort_by(|a, b| {
+            a.verdict
+                .cmp(&b.verdict)
+                .then(b.unexpected_violations.cmp(&a.unexpected_violations))
+                .then(
+                    b.summary
+                        .disruption_seconds
+                        .total_cmp(&a.summary.disruption_seconds),
+                )
+                .then(a.name.cmp(&b.name))
+        });
+        rows
     }
 }
 

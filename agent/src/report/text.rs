@@ -1,32 +1,33 @@
-//! The short plain-text summary printed when a run ends.
+//! The short plain-text summary printed when a run ends (and `report render --format
+//! text`).
 
 use std::fmt::Write;
 
-use super::{Report, Verdict};
+use super::{Report, RunStatus, Verdict};
 
 /// Renders a table of invariants (worst first) and each violation interval.
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let run = &report.run;
-    let _ = writeln!(
+    let t = &report.totals;
+    let _ = write!(
         out,
-        "run {} · {:.0}s · {} violated, {} held, {} not examined",
-        run.id,
-        run.duration_seconds,
-        report.totals.violated,
-        report.totals.held,
-        report.totals.not_examined
+        "run {} · {:.0}s · {} violated, {} expected disruption, {} held, {} not examined",
+        run.id, run.duration_seconds, t.violated, t.expected_disruption, t.held, t.not_examined
     );
-    let mut rows: Vec<_> = report.invariants.iter().collect();
-    rows.sort_by_key(|i| match i.verdict {
-        Verdict::Violated => 0,
-        Verdict::NotExamined => 1,
-        Verdict::Held => 2,
-    });
+    if run.status == RunStatus::Running {
+        let _ = write!(
+            out,
+            " · status running: in progress, or cut short after {}",
+            run.updated_at
+        );
+    }
+    out.push('\n');
+    let rows = report.by_severity();
     let width = rows.iter().map(|i| i.name.len()).max().unwrap_or(4).max(9);
     let _ = writeln!(
         out,
-        "\n{:<width$}  {:<12}  {:>17}  {:>8}  {:>10}  CONDITION",
+        "\n{:<width$}  {:<19}  {:>17}  {:>8}  {:>10}  CONDITION",
         "INVARIANT", "VERDICT", "OK/FAILED/ABSENT", "AVAIL", "DISRUPTION"
     );
     for i in &rows {
@@ -38,7 +39,7 @@ pub fn render(report: &Report) -> String {
             .unwrap_or_else(|| "-".to_string());
         let _ = writeln!(
             out,
-            "{:<width$}  {:<12}  {:>17}  {:>8}  {:>9.1}s  {}",
+            "{:<width$}  {:<19}  {:>17}  {:>8}  {:>9.1}s  {}",
             i.name,
             i.verdict.as_str(),
             format!("{}/{}/{}", s.ok, s.failed, s.absent),
@@ -55,18 +56,28 @@ pub fn render(report: &Report) -> String {
                 .map(|e| e.to_rfc3339())
                 .unwrap_or_else(|| "(still open)".to_string());
             let class = v.error_class.map(|c| c.as_str()).unwrap_or("condition");
+            let expected = if v.expected { " (expected)" } else { "" };
             let _ = writeln!(
                 out,
-                "  {} → {}  {} samples  [{}] {}",
+                "  {} → {}  {} samples  [{}]{} {}",
                 v.start,
                 end,
                 v.samples,
                 class,
+                expected,
                 v.last_error
                     .as_deref()
                     .or(v.first_error.as_deref())
                     .unwrap_or("")
             );
+            if !v.tests.is_empty() {
+                let more = if v.tests_omitted > 0 {
+                    format!(" … and {} more", v.tests_omitted)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(out, "    tests running: {}{more}", v.tests.join("; "));
+            }
         }
         if i.summary.violations_dropped > 0 {
             let _ = writeln!(
@@ -75,6 +86,12 @@ pub fn render(report: &Report) -> String {
                 i.summary.violations_dropped
             );
         }
+    }
+    if rows.iter().any(|i| i.verdict == Verdict::NotExamined) {
+        let _ = writeln!(
+            out,
+            "\nnot_examined: no sample could be judged (no samples, or only absent series); this is not a pass."
+        );
     }
     out
 }

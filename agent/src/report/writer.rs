@@ -3,8 +3,12 @@
 //! The engine publishes report snapshots on a `watch` channel (newest wins; a slow disk
 //! never queues stale copies). This task writes the newest one at most once per
 //! checkpoint interval, and the final one as soon as the engine publishes it, atomically:
-//! to a temporary file in the same directory, then renamed over `report.json`, so a reader
-//! or a kill at any moment sees either the previous or the new complete report.
+//! to a temporary file in the same directory, then renamed over the target, so a reader
+//! or a kill at any moment sees either the previous or the new complete file.
+//!
+//! Each checkpoint writes `report.json` first (the source of truth), then the forms
+//! derived from it: `report.ndjson`, `report.junit.xml` and `report.html`. An aborted run
+//! therefore leaves every form of its last checkpoint behind.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,14 +17,66 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::junit::JunitMode;
 use super::{REPORT_FILE, Report, RunStatus};
 
-/// Starts the writer for `dir`. It ends after writing a `completed` report, or when the
-/// engine's sender is gone.
+/// File name of the newline-delimited rows (one per invariant).
+pub const NDJSON_FILE: &str = "report.ndjson";
+/// File name of the JUnit XML.
+pub const JUNIT_FILE: &str = "report.junit.xml";
+/// File name of the HTML page.
+pub const HTML_FILE: &str = "report.html";
+
+/// What the writer writes besides `report.json`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterOptions {
+    /// Whether violations fail their JUnit testcase.
+    pub junit_mode: JunitMode,
+}
+
+/// Every file of one checkpoint, `report.json` first, as `(file name, bytes)`.
+pub fn render_all(report: &Report, options: WriterOptions) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (REPORT_FILE, report.to_json()),
+        (NDJSON_FILE, super::ndjson::render(report).into_bytes()),
+        (
+            JUNIT_FILE,
+            super::junit::render(report, options.junit_mode).into_bytes(),
+        ),
+        (HTML_FILE, super::html::render(report).into_bytes()),
+    ]
+}
+
+/// Writes every file of one checkpoint into `dir`, each atomically, `report.json` first.
+/// Stops at the first failure.
+pub fn write_all(dir: &Path, report: &Report, options: WriterOptions) -> io::Result<()> {
+    for (name, bytes) in render_all(report, options) {
+        write_atomically(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Starts the writer for `dir` with default [`WriterOptions`] (see [`spawn_with`]).
 pub fn spawn(
     dir: PathBuf,
     checkpoint_interval: Duration,
+    snapshots: watch::Receiver<Option<Arc<Report>>>,
+) -> tokio::task::JoinHandle<()> {
+    spawn_with(
+        dir,
+        checkpoint_interval,
+        snapshots,
+        WriterOptions::default(),
+    )
+}
+
+/// Starts the writer for `dir`. It ends after writing a `completed` report, or when the
+/// engine's sender is gone.
+pub fn spawn_with(
+    dir: PathBuf,
+    checkpoint_interval: Duration,
     mut snapshots: watch::Receiver<Option<Arc<Report>>>,
+    options: WriterOptions,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failing: Option<String> = None;
@@ -39,12 +95,11 @@ pub fn spawn(
             if completed || closed || due {
                 last_write = Some(tokio::time::Instant::now());
                 let path = dir.join(REPORT_FILE);
-                let target = path.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    write_atomically(&target, &report.to_json())
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let target = dir.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || write_all(&target, &report, options))
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 log_outcome(&path, result, &mut failing);
             }
             if completed || closed {

@@ -1,0 +1,401 @@
+//! The exported series, shared by the OTLP and Prometheus exporters so both say the same
+//! thing: the metric catalogue ([`METRICS`]), each invariant's attributes (only from the
+//! invariant file), the values read from a report snapshot ([`Point`]), and the probe
+//! duration histogram recorded from every sample ([`DurationHistograms`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::InvariantSet;
+use crate::eval::State;
+use crate::report::InvariantReport;
+use crate::sample::Outcome;
+
+/// What kind of instrument a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic cumulative sum.
+    Counter,
+    /// Latest value.
+    Gauge,
+    /// Explicit-bucket histogram.
+    Histogram,
+}
+
+/// One exported metric: its OpenTelemetry name and unit and its Prometheus name.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricInfo {
+    /// OpenTelemetry instrument name, e.g. `invariant.samples`.
+    pub otel: &'static str,
+    /// OpenTelemetry unit (UCUM), e.g. `s`; empty for none.
+    pub unit: &'static str,
+    /// Prometheus family name without type suffix, e.g. `invariant_samples` (becomes
+    /// `invariant_samples_total`).
+    pub prometheus: &'static str,
+    /// Prometheus unit suffix, if any (`seconds`, `ratio`).
+    pub prometheus_unit: Option<&'static str>,
+    /// Instrument kind.
+    pub kind: Kind,
+    /// Help text.
+    pub help: &'static str,
+}
+
+impl MetricInfo {
+    /// The series name(s) Prometheus stores, e.g. `invariant_samples_total` or, for the
+    /// histogram, `..._bucket`, `..._sum`, `..._count`.
+    pub fn prometheus_series(&self) -> Vec<String> {
+        let base = match self.prometheus_unit {
+            Some(unit) => format!("{}_{unit}", self.prometheus),
+            None => self.prometheus.to_string(),
+        };
+        match self.kind {
+            Kind::Counter => vec![format!("{base}_total")],
+            Kind::Gauge => vec![base],
+            Kind::Histogram => ["bucket", "sum", "count"]
+                .iter()
+                .map(|s| format!("{base}_{s}"))
+                .collect(),
+        }
+    }
+}
+
+/// `invariant.samples`: samples by outcome.
+pub const SAMPLES: MetricInfo = MetricInfo {
+    otel: "invariant.samples",
+    unit: "{sample}",
+    prometheus: "invariant_samples",
+    prometheus_unit: None,
+    kind: Kind::Counter,
+    help: "Samples taken by outcome (ok, failed, absent), and scheduled ticks that could not run (missed).",
+};
+/// `invariant.probe.duration`: how long each sample took.
+pub const PROBE_DURATION: MetricInfo = MetricInfo {
+    otel: "invariant.probe.duration",
+    unit: "s",
+    prometheus: "invariant_probe_duration",
+    prometheus_unit: Some("seconds"),
+    kind: Kind::Histogram,
+    help: "Duration of each probe request (up to the invariant's timeout), by outcome.",
+};
+/// `invariant.value`: the newest value a sample carried.
+pub const VALUE: MetricInfo = MetricInfo {
+    otel: "invariant.value",
+    unit: "",
+    prometheus: "invariant_value",
+    prometheus_unit: None,
+    kind: Kind::Gauge,
+    help: "The newest finite value a probe extracted (metrics series, JSON value); absent until one was seen.",
+};
+/// `invariant.state`: where the invariant stands.
+pub const STATE: MetricInfo = MetricInfo {
+    otel: "invariant.state",
+    unit: "",
+    prometheus: "invariant_state",
+    prometheus_unit: None,
+    kind: Kind::Gauge,
+    help: "Current state: 0 unknown, 1 holding, 2 pending, 3 violated.",
+};
+/// `invariant.violations`: violation intervals so far.
+pub const VIOLATIONS: MetricInfo = MetricInfo {
+    otel: "invariant.violations",
+    unit: "{violation}",
+    prometheus: "invariant_violations",
+    prometheus_unit: None,
+    kind: Kind::Counter,
+    help: "Violation intervals recorded (an episode that reached violated; a change of error class starts a new one).",
+};
+/// `invariant.disruption`: seconds the probe was failing.
+pub const DISRUPTION: MetricInfo = MetricInfo {
+    otel: "invariant.disruption",
+    unit: "s",
+    prometheus: "invariant_disruption",
+    prometheus_unit: Some("seconds"),
+    kind: Kind::Counter,
+    help: "Seconds the probe was failing, each outage counted as at least one sample interval.",
+};
+/// `invariant.availability`: window availability of availability conditions.
+pub const AVAILABILITY: MetricInfo = MetricInfo {
+    otel: "invariant.availability",
+    unit: "1",
+    prometheus: "invariant_availability",
+    prometheus_unit: Some("ratio"),
+    kind: Kind::Gauge,
+    help: "Share of good samples over the availability condition's window (0..1); only for availability conditions.",
+};
+
+/// Every metric the agent exports, in a fixed order.
+pub const METRICS: [MetricInfo; 7] = [
+    SAMPLES,
+    PROBE_DURATION,
+    VALUE,
+    STATE,
+    VIOLATIONS,
+    DISRUPTION,
+    AVAILABILITY,
+];
+
+/// Attribute naming the invariant.
+pub const ATTR_INVARIANT: &str = "invariant";
+/// Attribute naming the invariant's owner.
+pub const ATTR_OWNER: &str = "owner";
+/// Attribute naming a sample's outcome.
+pub const ATTR_OUTCOME: &str = "outcome";
+
+/// Values of `outcome` on `invariant.samples`, in [`Point::samples`] order.
+pub const SAMPLE_OUTCOMES: [&str; 4] = ["ok", "failed", "absent", "missed"];
+/// Values of `outcome` on `invariant.probe.duration`, indexed by [`outcome_index`].
+pub const DURATION_OUTCOMES: [&str; 3] = ["ok", "failed", "absent"];
+
+/// Upper bounds (seconds) of the probe duration histogram's buckets; the last bucket is
+/// everything above. Spans a fast loopback answer to the longest sensible timeout.
+pub const DURATION_BOUNDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Position of an outcome in [`DURATION_OUTCOMES`].
+pub fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Ok => 0,
+        Outcome::Failed => 1,
+        Outcome::Absent => 2,
+    }
+}
+
+/// The numeric value of `invariant.state`.
+pub fn state_value(state: State) -> i64 {
+    match state {
+        State::Unknown => 0,
+        State::Holding => 1,
+        State::Pending => 2,
+        State::Violated => 3,
+    }
+}
+
+/// One invariant's identity as metric attributes: `invariant`, `owner` and its labels,
+/// all from the invariant file (never from anything a target sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The invariant's name.
+    pub name: String,
+    /// `(key, value)` pairs: `invariant`, `owner`, then the labels in key order.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The identities of every invariant, in file order (the order of report snapshots).
+pub fn identities(set: &InvariantSet) -> Vec<Identity> {
+    set.invariants
+        .iter()
+        .map(|i| {
+            let mut attributes = Vec::with_capacity(2 + i.labels.len());
+            attributes.push((ATTR_INVARIANT.to_string(), i.name.clone()));
+            attributes.push((ATTR_OWNER.to_string(), i.owner.clone()));
+            attributes.extend(i.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Identity {
+                name: i.name.clone(),
+                attributes,
+            }
+        })
+        .collect()
+}
+
+/// What one invariant's series read from one report snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// `invariant.samples` by [`SAMPLE_OUTCOMES`].
+    pub samples: [u64; 4],
+    /// `invariant.value`, when a value was seen.
+    pub value: Option<f64>,
+    /// `invariant.state`.
+    pub state: i64,
+    /// `invariant.violations`.
+    pub violations: u64,
+    /// `invariant.disruption`, seconds.
+    pub disruption_seconds: f64,
+    /// `invariant.availability`, 0..1, for availability conditions once judged.
+    pub availability: Option<f64>,
+}
+
+impl Point {
+    /// Reads the series from a report entry. Counters are the engine's cumulative
+    /// totals, so a value missed by one export is carried by the next.
+    pub fn from_report(r: &InvariantReport) -> Self {
+        let s = &r.summary;
+        Point {
+            samples: [
+                s.samples.ok,
+                s.samples.failed,
+                s.samples.absent,
+                s.samples.missed,
+            ],
+            value: s.last_value.filter(|v| v.is_finite()),
+            state: state_value(s.state),
+            violations: (s.violations.len() as u64).saturating_add(s.violations_dropped),
+            disruption_seconds: s.disruption_seconds.max(0.0),
+            availability: s
+                .window_availability_percent
+                .filter(|p| p.is_finite())
+                .map(|p| (p / 100.0).clamp(0.0, 1.0)),
+        }
+    }
+}
+
+/// High-water marks that keep float counters monotonic even if a recomputed total ever
+/// came out a hair lower (a decrease would read as a counter reset downstream).
+#[derive(Debug)]
+pub struct Monotonic {
+    bits: Vec<AtomicU64>,
+}
+
+impl Monotonic {
+    /// `n` counters at zero.
+    pub fn new(n: usize) -> Self {
+        Monotonic {
+            bits: (0..n).map(|_| AtomicU64::new(0f64.to_bits())).collect(),
+        }
+    }
+
+    /// The larger of `value` and every value seen before for counter `i`.
+    pub fn at_least(&self, i: usize, value: f64) -> f64 {
+        let Some(cell) = self.bits.get(i) else {
+            return value;
+        };
+        let previous = cell
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                (value > f64::from_bits(old)).then(|| value.to_bits())
+            })
+            .unwrap_or_else(|old| old);
+        value.max(f64::from_bits(previous))
+    }
+}
+
+/// Probe duration histograms per invariant and outcome, for `/metrics`: lock-free counts
+/// written by the engine's task (one writer), read by scrapes.
+#[derive(Debug)]
+pub struct DurationHistograms {
+    /// Per invariant × outcome: one count per bucket (the last is +Inf), then the sum's
+    /// f64 bits.
+    cells: Vec<[AtomicU64; DURATION_BOUNDS.len() + 2]>,
+}
+
+/// A histogram read at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of observed seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+    /// `(upper bound, observations in this bucket alone)`; the last bound is +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl DurationHistograms {
+    /// Empty histograms for `invariants` invariants.
+    pub fn new(invariants: usize) -> Self {
+        let cells = (0..invariants * DURATION_OUTCOMES.len())
+            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            .collect();
+        DurationHistograms { cells }
+    }
+
+    /// Records one sample's duration.
+    pub fn record(&self, invariant: usize, outcome: Outcome, seconds: f64) {
+        let Some(cell) = self
+            .cells
+            .get(invariant * DURATION_OUTCOMES.len() + outcome_index(outcome))
+        else {
+            return;
+        };
+        let seconds = if seconds.is_finite() {
+            seconds.max(0.0)
+        } else {
+            0.0
+        };
+        let bucket = DURATION_BOUNDS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(DURATION_BOUNDS.len());
+        cell[bucket].fetch_add(1, Ordering::Relaxed);
+        let sum = &cell[DURATION_BOUNDS.len() + 1];
+        let _ = sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some((f64::from_bits(old) + seconds).to_bits())
+        });
+    }
+
+    /// The histogram of one invariant and outcome index; `None` without observations.
+    /// The count is the sum of the buckets, so the two always agree.
+    pub fn read(&self, invariant: usize, outcome: usize) -> Option<HistogramSnapshot> {
+        let cell = self
+            .cells
+            .get(invariant * DURATION_OUTCOMES.len() + outcome)?;
+        let mut buckets = Vec::with_capacity(DURATION_BOUNDS.len() + 1);
+        let mut count = 0u64;
+        for (i, bound) in DURATION_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+        {
+            let n = cell[i].load(Ordering::Relaxed);
+            count += n;
+            buckets.push((bound, n));
+        }
+        if count == 0 {
+            return None;
+        }
+        let sum = f64::from_bits(cell[DURATION_BOUNDS.len() + 1].load(Ordering::Relaxed));
+        Some(HistogramSnapshot {
+            sum,
+            count,
+            buckets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_names_follow_the_otel_conversion() {
+        let names: Vec<String> = METRICS.iter().flat_map(|m| m.prometheus_series()).collect();
+        assert_eq!(
+            names,
+            [
+                "invariant_samples_total",
+                "invariant_probe_duration_seconds_bucket",
+                "invariant_probe_duration_seconds_sum",
+                "invariant_probe_duration_seconds_count",
+                "invariant_value",
+                "invariant_state",
+                "invariant_violations_total",
+                "invariant_disruption_seconds_total",
+                "invariant_availability_ratio",
+            ]
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_sum_and_count_agree() {
+        let h = DurationHistograms::new(2);
+        h.record(1, Outcome::Ok, 0.003);
+        h.record(1, Outcome::Ok, 0.003);
+        h.record(1, Outcome::Ok, 100.0);
+        h.record(1, Outcome::Failed, f64::NAN);
+        h.record(7, Outcome::Ok, 1.0); // out of range: ignored
+        assert_eq!(h.read(0, 0), None);
+        let ok = h.read(1, 0).unwrap();
+        assert_eq!(ok.count, 3);
+        assert!((ok.sum - 100.006).abs() < 1e-9);
+        assert_eq!(ok.buckets[2], (0.005, 2));
+        assert_eq!(ok.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(h.read(1, 1).unwrap().buckets[0], (0.001, 1));
+    }
+
+    #[test]
+    fn monotonic_never_goes_down() {
+        let m = Monotonic::new(1);
+        assert_eq!(m.at_least(0, 2.0), 2.0);
+        assert_eq!(m.at_least(0, 1.5), 2.0);
+        assert_eq!(m.at_least(0, 3.0), 3.0);
+        assert_eq!(m.at_least(5, 1.0), 1.0);
+    }
+}
