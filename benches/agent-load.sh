@@ -15,7 +15,7 @@ warmup=10
 cargo build --release --quiet --bin invariant-agent
 agent=target/release/invariant-agent
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$work/report/report.json" "$KEEP"; rm -rf "$work"' EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 python3 - "$port" >/dev/null 2>&1 <<'PY' &
@@ -26,7 +26,9 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
     def log_message(self, *a): pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+class S(ThreadingHTTPServer):
+    request_queue_size = 1024  # 200 keep-alive connections open at once at start
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 
