@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::export_support::{Collector, Data, OtlpSink, Received, latest, series, spawn_agent_env};
-use crate::support::{Reply, TestHttpServer, Workspace, invariant, signal, wait};
+use crate::export_support::{Collector, Data, OtlpSink, Received, latest, series};
+use crate::support::{
+    Reply, TestHttpServer, Workspace, invariant, signal, spawn_agent_with_env, wait,
+};
 
 /// Duration histogram bounds the agent uses (seconds).
 const BOUNDS: [f64; 14] = [
@@ -87,7 +89,7 @@ async fn scenario(
     let ws = Workspace::new();
     let config = config(&ws, &web, &metrics);
     let endpoint = collector.endpoint();
-    let agent = spawn_agent_env(
+    let agent = spawn_agent_with_env(
         &ws,
         &config,
         &[
@@ -478,7 +480,7 @@ async fn a_hung_collector_does_not_hold_shutdown_past_the_flush_deadline() {
         "  - name: web\n    description: d\n    owner: o\n    interval: 200ms\n    probe:\n      http: {{url: \"{}\"}}\n    condition:\n      availability: {{target: 99, window: 1m}}\n",
         web.url("/")
     ));
-    let agent = spawn_agent_env(
+    let agent = spawn_agent_with_env(
         &ws,
         &config,
         &["--export-interval", "300ms", "--otlp-timeout", "10s"],
@@ -522,7 +524,7 @@ async fn tls_with_a_ca_file_and_headers_from_the_environment() {
         web.url("/")
     ));
     let endpoint = format!("https://localhost:{}", sink.addr.port());
-    let agent = spawn_agent_env(
+    let agent = spawn_agent_with_env(
         &ws,
         &config,
         &[
@@ -579,7 +581,13 @@ async fn without_an_endpoint_export_is_off_and_said_once() {
         "  - name: web\n    description: d\n    owner: o\n    interval: 200ms\n    probe:\n      http: {{url: \"{}\"}}\n    condition:\n      availability: {{target: 99, window: 1m}}\n",
         web.url("/")
     ));
-    let done = wait(spawn_agent_env(&ws, &config, &["--duration", "1s"], &[])).await;
+    let done = wait(spawn_agent_with_env(
+        &ws,
+        &config,
+        &["--duration", "1s"],
+        &[],
+    ))
+    .await;
     assert_eq!(done.code, Some(0), "{}", done.stderr);
     assert_eq!(
         done.stderr.matches("OTLP metric export is off").count(),
@@ -595,7 +603,7 @@ async fn bad_export_settings_fail_at_start_naming_each_one() {
     let config = ws.config(
         "  - name: web\n    description: d\n    owner: o\n    probe:\n      tcp: {address: \"127.0.0.1:1\"}\n    condition:\n      availability: {target: 99, window: 1m}\n",
     );
-    let done = wait(spawn_agent_env(
+    let done = wait(spawn_agent_with_env(
         &ws,
         &config,
         &["--duration", "5s", "--otlp-header", "no-equals-sign"],
@@ -632,7 +640,7 @@ async fn a_collector_absent_at_start_gets_everything_once_it_comes_up() {
     // The collector's address is known, but nothing listens there yet.
     let mut collector = Collector::rotel(sink.addr).await;
     collector.stop(true).await;
-    let agent = spawn_agent_env(
+    let agent = spawn_agent_with_env(
         &ws,
         &config,
         &[

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::export_support::{
-    free_port, http_get, otelcol_binary, series_names, spawn_agent_env, wait_for_port,
-};
-use crate::support::{Reply, TestHttpServer, Workspace, signal, wait};
+use crate::export_support::{free_port, http_get, otelcol_binary, series_names, wait_for_port};
+use crate::support::{Reply, TestHttpServer, Workspace, signal, spawn_agent_with_env, wait};
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -58,7 +56,7 @@ async fn agent_with_metrics(
         metrics.url("/metrics")
     ));
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = spawn_agent_env(
+    let agent = spawn_agent_with_env(
         ws,
         &config,
         &["--metrics-listen", &addr.to_string()],
@@ -156,7 +154,7 @@ async fn metrics_listen_on_a_taken_port_fails_at_start() {
     let config = ws.config(
         "  - name: t\n    description: d\n    owner: o\n    probe:\n      tcp: {address: \"127.0.0.1:1\"}\n    condition:\n      availability: {target: 99, window: 1m}\n",
     );
-    let done = wait(spawn_agent_env(
+    let done = wait(spawn_agent_with_env(
         &ws,
         &config,
         &["--metrics-listen", &addr, "--duration", "5s"],

@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,6 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-
-use crate::support::{Workspace, agent_binary};
 
 const INSTALL_HINT: &str = "run scripts/install-test-deps";
 
@@ -56,48 +53,6 @@ pub async fn wait_for_port(addr: SocketAddr, what: &str, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Starts `invariant-agent run` like `support::spawn_agent`, with extra environment.
-pub fn spawn_agent_env(
-    ws: &Workspace,
-    config: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Child {
-    let mut cmd = Command::new(agent_binary());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--report-dir")
-        .arg(ws.report_dir())
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    for var in [
-        "BUILD_ID",
-        "PROW_JOB_ID",
-        "NODE_NAME",
-        "POD_NAME",
-        "POD_NAMESPACE",
-        "CLUSTER_NAME",
-        "INVARIANT_AGENT_METRICS_LISTEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the agent")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -157,7 +157,20 @@ pub fn agent_binary() -> &'static str {
 
 /// Starts `invariant-agent run` on `config`, writing to the workspace's report dir.
 pub fn spawn_agent(ws: &Workspace, config: &Path, extra: &[&str]) -> Child {
-    Command::new(agent_binary())
+    spawn_agent_with_env(ws, config, extra, &[])
+}
+
+/// As [`spawn_agent`], with extra environment variables (e.g. `JOB_NAME`). Every variable
+/// the agent reads is cleared first, so a developer's or CI's environment (a `BUILD_ID`,
+/// an `OTEL_EXPORTER_OTLP_ENDPOINT`) cannot change what a test observes.
+pub fn spawn_agent_with_env(
+    ws: &Workspace,
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut command = Command::new(agent_binary());
+    command
         .arg("run")
         .arg("--config")
         .arg(config)
@@ -165,8 +178,28 @@ pub fn spawn_agent(ws: &Workspace, config: &Path, extra: &[&str]) -> Child {
         .arg(ws.report_dir())
         .args(extra)
         .env("RUST_LOG", "info")
-        .env_remove("BUILD_ID")
-        .env_remove("PROW_JOB_ID")
+        .env("NO_COLOR", "1");
+    for var in [
+        "BUILD_ID",
+        "PROW_JOB_ID",
+        "JOB_NAME",
+        "CLUSTER_NAME",
+        "NODE_NAME",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "INVARIANT_AGENT_METRICS_LISTEN",
+    ] {
+        command.env_remove(var);
+    }
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -314,35 +347,6 @@ fn free_udp_port() -> u16 {
         }
     }
     panic!("no free port for dnsmasq");
-}
-
-/// As [`spawn_agent`], with extra environment variables (e.g. `JOB_NAME`).
-pub fn spawn_agent_with_env(
-    ws: &Workspace,
-    config: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Child {
-    let mut command = Command::new(agent_binary());
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--report-dir")
-        .arg(ws.report_dir())
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env_remove("BUILD_ID")
-        .env_remove("PROW_JOB_ID")
-        .env_remove("JOB_NAME")
-        .env_remove("CLUSTER_NAME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.spawn().expect("start the agent")
 }
 
 /// Runs `invariant-agent ARGS...` to completion (no stdin) and returns its output.
