@@ -1,20 +1,24 @@
 //! The engine: the one task that owns all evaluation state.
 //!
 //! It receives [`Event`]s from the scheduler, feeds each invariant's [`Evaluator`], logs
-//! every state change, and publishes a fresh [`Report`] snapshot every second on a
-//! `watch` channel. Nothing else mutates evaluation state, so there are no locks; the
-//! report writer and exporters read snapshots and can never slow the engine down.
+//! every state change, tells its [`SampleObserver`]s about every sample, missed tick and
+//! transition, and publishes a fresh [`Report`] snapshot every second on a `watch`
+//! channel. Nothing else mutates evaluation state, so there are no locks; the report
+//! writer, exporters and the API read snapshots or observe, and can never slow the engine
+//! down. The API talks to it through [`Command`]s, applied in the order sent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::spec::Scope;
 use crate::config::{Invariant, InvariantSet};
 use crate::eval::{Evaluator, State, Transition};
 use crate::report::attribution::Attributor;
 use crate::report::{
-    Annotation, AnnotationLog, InvariantReport, Report, RunContext, RunInfo, RunStatus,
+    Annotation, AnnotationLog, InvariantReport, Leadership, LeadershipInterval, Report, RunContext,
+    RunInfo, RunStatus,
 };
 use crate::sample::{Sample, Timestamp};
 use crate::schedule::Event;
@@ -32,12 +36,36 @@ pub struct RunMeta {
     pub node: Option<String>,
 }
 
-/// Sees every sample as the engine ingests it, for consumers that need each one rather
-/// than a snapshot (a latency histogram, say). Runs on the engine's task: it must be
-/// cheap and must never block.
+/// Sees every sample as the engine ingests it, and what became of it, for consumers that
+/// need each one rather than a snapshot (a latency histogram, the live tail). Runs on the
+/// engine's task: it must be cheap and must never block.
+///
+/// For one invariant the calls come in the order things happened: a sample that changes
+/// the state produces [`SampleObserver::on_transition`] first, then
+/// [`SampleObserver::on_sample`], so an observer that tracks the state sees the sample
+/// with the state it led to.
 pub trait SampleObserver: Send {
-    /// Called once per sample of the invariant at index `invariant`.
+    /// Called once per sample of the invariant at index `invariant`, after it was judged.
     fn on_sample(&mut self, invariant: usize, sample: &Sample);
+
+    /// Called once per tick of `invariant` due at `at` that could not run.
+    fn on_missed(&mut self, _invariant: usize, _at: Timestamp) {}
+
+    /// Called on every state change of `invariant`, from a sample or from time passing.
+    fn on_transition(&mut self, _invariant: usize, _transition: &Transition) {}
+}
+
+/// A request to the engine from outside its task (the gRPC API, `run`'s shutdown).
+/// Commands and samples share the engine's one task, and commands are applied in the
+/// order sent: an annotation acknowledged before a report was asked for is in it.
+#[derive(Debug)]
+pub enum Command {
+    /// Record an annotation (see [`Engine::annotate`]); the sender, if any, learns when
+    /// it was applied.
+    Annotate(Annotation, Option<oneshot::Sender<()>>),
+    /// Build a report now (status `running`), publish it as the latest snapshot and send
+    /// it back. After the run ended the reply is the final report.
+    Report(oneshot::Sender<Arc<Report>>),
 }
 
 /// The latest report snapshot, published by the engine (`None` until the first).
@@ -55,6 +83,15 @@ pub struct Engine {
     annotations: AnnotationLog,
     /// Compiled `expectedDisruptions` patterns, reused across snapshots.
     attributor: Attributor,
+    /// Leader election, when on (see [`Engine::follow_leadership`]).
+    election: Option<Election>,
+}
+
+/// Leader election as the engine sees it: when this agent led, and the channel that says
+/// so (taken by [`run`]).
+struct Election {
+    leadership: Leadership,
+    leading: Option<watch::Receiver<bool>>,
 }
 
 impl Engine {
@@ -73,6 +110,92 @@ impl Engine {
             context: RunContext::default(),
             annotations: AnnotationLog::default(),
             attributor: Attributor::default(),
+            election: None,
+        }
+    }
+
+    /// Leader election is on: cluster-scoped invariants run only while `leading` is true
+    /// (the scheduler gates them on the same channel). The report then says when this
+    /// agent led (`run.leadership`, for the Lease `lease` as `identity`) and why its
+    /// cluster-scoped invariants have samples only from then, or none; time-based state
+    /// of those invariants does not move while another agent runs them.
+    pub fn follow_leadership(
+        &mut self,
+        lease: &str,
+        identity: &str,
+        mut leading: watch::Receiver<bool>,
+    ) {
+        let already = *leading.borrow_and_update();
+        self.election = Some(Election {
+            leadership: Leadership {
+                lease: lease.to_string(),
+                identity: identity.to_string(),
+                intervals: Vec::new(),
+            },
+            leading: Some(leading),
+        });
+        if already {
+            self.set_leading(true, Timestamp::now());
+        }
+    }
+
+    /// Records that this agent started (`true`) or stopped leading at `at`. Without
+    /// leader election, does nothing.
+    pub fn set_leading(&mut self, leading: bool, at: Timestamp) {
+        let Some(election) = &mut self.election else {
+            return;
+        };
+        let intervals = &mut election.leadership.intervals;
+        match (leading, intervals.last_mut()) {
+            (true, Some(last)) if last.end.is_none() => {}
+            (true, _) => intervals.push(LeadershipInterval {
+                start: at,
+                end: None,
+            }),
+            (false, Some(last)) if last.end.is_none() => last.end = Some(at.max(last.start)),
+            (false, _) => {}
+        }
+    }
+
+    /// Whether the invariant at `invariant` runs only while this agent leads.
+    fn gated(&self, invariant: usize) -> bool {
+        self.election.is_some()
+            && self
+                .invariants
+                .get(invariant)
+                .is_some_and(|i| i.scope == Scope::Cluster)
+    }
+
+    /// Whether the invariant at `invariant` is not running here now: gated, and another
+    /// agent leads.
+    fn paused(&self, invariant: usize) -> bool {
+        self.gated(invariant)
+            && !self
+                .election
+                .as_ref()
+                .is_some_and(|e| e.leadership.leading())
+    }
+
+    /// A gated sample started at `at` belongs to a time this agent led. The scheduler
+    /// and the engine see the channel change separately, so the first sample may be
+    /// stamped a moment before the engine noted the start: the interval then starts at
+    /// that sample, so every sample lies inside an interval.
+    fn cover(&mut self, at: Timestamp) {
+        let Some(election) = &mut self.election else {
+            return;
+        };
+        let intervals = &mut election.leadership.intervals;
+        let previous_end = intervals
+            .len()
+            .checked_sub(2)
+            .and_then(|i| intervals[i].end)
+            .unwrap_or(Timestamp(i64::MIN));
+        if let Some(last) = intervals.last_mut()
+            && last.end.is_none()
+            && at < last.start
+            && at >= previous_end
+        {
+            last.start = at;
         }
     }
 
@@ -98,24 +221,30 @@ impl Engine {
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Sample { invariant, sample } => {
+                if self.gated(invariant) {
+                    self.cover(sample.at);
+                }
+                let Some(evaluator) = self.evaluators.get_mut(invariant) else {
+                    return;
+                };
+                if let Some(t) = evaluator.ingest(&sample) {
+                    self.on_transition(invariant, &t);
+                }
                 for observer in &mut self.observers {
                     observer.on_sample(invariant, &sample);
                 }
-                if let Some(t) = self
-                    .evaluators
-                    .get_mut(invariant)
-                    .and_then(|evaluator| evaluator.ingest(&sample))
-                {
-                    log_transition(&self.invariants[invariant], &t);
-                }
             }
             Event::Missed { invariant, at } => {
-                if let Some(evaluator) = self.evaluators.get_mut(invariant) {
-                    evaluator.record_missed(at);
-                    tracing::warn!(
-                        invariant = %self.invariants[invariant].name,
-                        "missed a sample: too many samples in flight (target slow or concurrency limit reached)"
-                    );
+                let Some(evaluator) = self.evaluators.get_mut(invariant) else {
+                    return;
+                };
+                evaluator.record_missed(at);
+                tracing::warn!(
+                    invariant = %self.invariants[invariant].name,
+                    "missed a sample: too many samples in flight (target slow or concurrency limit reached)"
+                );
+                for observer in &mut self.observers {
+                    observer.on_missed(invariant, at);
                 }
             }
         }
@@ -123,20 +252,51 @@ impl Engine {
 
     /// Lets time-based conditions (`for` durations, window expiry) move without samples.
     pub fn advance(&mut self, now: Timestamp) {
-        for (invariant, evaluator) in self.invariants.iter().zip(self.evaluators.iter_mut()) {
-            if let Some(t) = evaluator.advance(now) {
-                log_transition(invariant, &t);
+        for invariant in 0..self.evaluators.len() {
+            // Not sampled here now: a `for` duration must not elapse without evidence.
+            if self.paused(invariant) {
+                continue;
             }
+            if let Some(t) = self.evaluators[invariant].advance(now) {
+                self.on_transition(invariant, &t);
+            }
+        }
+    }
+
+    /// Logs a state change and tells the observers.
+    fn on_transition(&mut self, invariant: usize, t: &Transition) {
+        log_transition(&self.invariants[invariant], t);
+        for observer in &mut self.observers {
+            observer.on_transition(invariant, t);
         }
     }
 
     /// The report as of `now`.
     pub fn report(&mut self, now: Timestamp, status: RunStatus) -> Report {
+        let leadership = self.election.as_ref().map(|e| {
+            let mut leadership = e.leadership.clone();
+            if status == RunStatus::Completed
+                && let Some(last) = leadership.intervals.last_mut()
+                && last.end.is_none()
+            {
+                // The run ended while this agent led.
+                last.end = Some(now.max(last.start));
+            }
+            leadership
+        });
         let invariants = self
             .invariants
             .iter()
             .zip(&self.evaluators)
-            .map(|(i, e)| InvariantReport::new(i, e.summary(now)))
+            .map(|(i, e)| {
+                let mut entry = InvariantReport::new(i, e.summary(now));
+                if i.scope == Scope::Cluster
+                    && let Some(leadership) = &leadership
+                {
+                    entry.note = Some(leadership_note(leadership, now, self.meta.started_at));
+                }
+                entry
+            })
             .collect();
         let run = RunInfo {
             id: self.meta.id.clone(),
@@ -149,6 +309,7 @@ impl Engine {
             duration_seconds: now.since(self.meta.started_at).as_secs_f64(),
             config_files: self.meta.config_files.clone(),
             node: self.meta.node.clone(),
+            leadership,
         };
         let mut report = Report::new(run, invariants);
         if !self.annotations.items().is_empty() || self.annotations.dropped() > 0 {
@@ -161,6 +322,27 @@ impl Engine {
         }
         report
     }
+}
+
+/// What a cluster-scoped invariant's report entry says under leader election.
+fn leadership_note(leadership: &Leadership, now: Timestamp, started_at: Timestamp) -> String {
+    let lease = &leadership.lease;
+    if leadership.intervals.is_empty() {
+        return format!(
+            "cluster-scoped: runs only in the agent holding the Lease {lease}, and this agent \
+             ({}) never held it; the report of the agent that did has its samples",
+            leadership.identity
+        );
+    }
+    let seconds = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+    let n = leadership.intervals.len();
+    format!(
+        "cluster-scoped: sampled only while this agent held the Lease {lease}: {} of the \
+         run's {}, in {n} interval{} (run.leadership)",
+        seconds(leadership.led_for(now)),
+        seconds(now.since(started_at)),
+        if n == 1 { "" } else { "s" },
+    )
 }
 
 fn log_transition(invariant: &Invariant, t: &Transition) {
@@ -184,56 +366,105 @@ fn log_transition(invariant: &Invariant, t: &Transition) {
 /// How often the engine publishes a snapshot (and lets time-based state move).
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs the engine until every event sender is gone, publishing a report snapshot every
-/// [`PUBLISH_INTERVAL`] on `snapshots`, and returns the final report (also published,
-/// with status `completed`).
+/// Runs the engine until every event sender is gone, applying [`Command`]s as they come
+/// and publishing a report snapshot every [`PUBLISH_INTERVAL`] on `snapshots`; returns
+/// the final report (also published, with status `completed`).
+///
+/// The end of the run is the end of `events` alone: command senders may outlive it (the
+/// API holds one). Commands already queued then are still applied (annotations are in the
+/// final report; report requests get the final report); later ones fail to send.
 pub async fn run(
-    engine: Engine,
-    events: mpsc::Receiver<Event>,
-    snapshots: watch::Sender<Option<Arc<Report>>>,
-) -> Report {
-    // No annotation source: a receiver whose sender is already gone.
-    let (_, annotations) = mpsc::channel(1);
-    run_with_annotations(engine, events, annotations, snapshots).await
-}
-
-/// As [`run`], also applying [`Engine::annotate`] to every annotation received. The
-/// final report includes every annotation sent before the events channel closed.
-pub async fn run_with_annotations(
     mut engine: Engine,
     mut events: mpsc::Receiver<Event>,
-    mut annotations: mpsc::Receiver<Annotation>,
+    mut commands: mpsc::Receiver<Command>,
     snapshots: watch::Sender<Option<Arc<Report>>>,
-) -> Report {
-    let mut annotations_open = true;
+) -> Arc<Report> {
+    let mut commands_open = true;
+    let mut leading = engine.election.as_mut().and_then(|e| e.leading.take());
     // Time-based state (a `for` duration elapsing) moves even when samples are sparse.
     let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            now_leading = leadership_changed(&mut leading) => {
+                engine.set_leading(now_leading, Timestamp::now());
+            }
             event = events.recv() => match event {
                 Some(event) => engine.handle(event),
                 None => break,
             },
-            annotation = annotations.recv(), if annotations_open => match annotation {
-                Some(a) => engine.annotate(a),
-                None => annotations_open = false,
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => engine.apply(command, &snapshots, RunStatus::Running),
+                None => commands_open = false,
             },
             _ = publish.tick() => {
-                let now = Timestamp::now();
-                engine.advance(now);
-                snapshots.send_replace(Some(Arc::new(engine.report(now, RunStatus::Running))));
+                engine.publish(&snapshots, RunStatus::Running);
             }
         }
     }
-    while let Ok(a) = annotations.try_recv() {
-        engine.annotate(a);
+    // Annotations sent before the end belong in the final report; report requests
+    // queued behind them are answered with it.
+    let mut waiting = Vec::new();
+    commands.close();
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            Command::Report(reply) => waiting.push(reply),
+            annotate => engine.apply(annotate, &snapshots, RunStatus::Running),
+        }
     }
-    let now = Timestamp::now();
-    engine.advance(now);
-    let report = engine.report(now, RunStatus::Completed);
-    snapshots.send_replace(Some(Arc::new(report.clone())));
+    let report = engine.publish(&snapshots, RunStatus::Completed);
+    for reply in waiting {
+        let _ = reply.send(report.clone());
+    }
     report
+}
+
+/// The next value of the leadership channel; never resolves without one (or once its
+/// sender is gone: the last value stands).
+async fn leadership_changed(leading: &mut Option<watch::Receiver<bool>>) -> bool {
+    if let Some(rx) = leading {
+        if rx.changed().await.is_ok() {
+            return *rx.borrow_and_update();
+        }
+        *leading = None;
+    }
+    std::future::pending().await
+}
+
+impl Engine {
+    /// Applies one command; a report it asks for is published with `status`.
+    fn apply(
+        &mut self,
+        command: Command,
+        snapshots: &watch::Sender<Option<Arc<Report>>>,
+        status: RunStatus,
+    ) {
+        match command {
+            Command::Annotate(annotation, ack) => {
+                self.annotate(annotation);
+                if let Some(ack) = ack {
+                    // The caller may have gone away; the annotation stays recorded.
+                    let _ = ack.send(());
+                }
+            }
+            Command::Report(reply) => {
+                let _ = reply.send(self.publish(snapshots, status));
+            }
+        }
+    }
+
+    /// Moves time-based state to now, builds the report and publishes it.
+    fn publish(
+        &mut self,
+        snapshots: &watch::Sender<Option<Arc<Report>>>,
+        status: RunStatus,
+    ) -> Arc<Report> {
+        let now = Timestamp::now();
+        self.advance(now);
+        let report = Arc::new(self.report(now, status));
+        snapshots.send_replace(Some(report.clone()));
+        report
+    }
 }
 
 #[cfg(test)]
@@ -310,5 +541,240 @@ invariants:
         assert_eq!(done.annotations[0].outcome.as_deref(), Some("passed"));
         assert_eq!(done.run.ended_at, Some(Timestamp(6000)));
         assert_eq!(done.totals.expected_disruption, 1);
+    }
+
+    /// Records what an observer is told, in order.
+    struct Recording(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl SampleObserver for Recording {
+        fn on_sample(&mut self, _: usize, sample: &Sample) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("sample {}", sample.at.0));
+        }
+        fn on_missed(&mut self, _: usize, at: Timestamp) {
+            self.0.lock().unwrap().push(format!("missed {}", at.0));
+        }
+        fn on_transition(&mut self, _: usize, t: &Transition) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} at {}", t.to.as_str(), t.at.0));
+        }
+    }
+
+    fn engine() -> Engine {
+        let set = crate::config::parse_str("f.yaml", FILE).unwrap();
+        let meta = RunMeta {
+            id: "r".into(),
+            started_at: Timestamp(0),
+            config_files: vec![],
+            node: None,
+        };
+        Engine::new(&set, meta)
+    }
+
+    #[test]
+    fn observers_see_a_transition_right_before_the_sample_that_caused_it() {
+        let mut engine = engine();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        engine.observe(Box::new(Recording(seen.clone())));
+        engine.handle(sample(0, true));
+        engine.handle(sample(1000, true));
+        engine.handle(Event::Missed {
+            invariant: 0,
+            at: Timestamp(2000),
+        });
+        engine.handle(sample(3000, false));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "holding at 0",
+                "sample 0",
+                "sample 1000",
+                "missed 2000",
+                "violated at 3000",
+                "sample 3000"
+            ]
+        );
+    }
+
+    const SCOPED: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: node-check
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+  - name: cluster-check
+    description: d
+    owner: o
+    scope: cluster
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {threshold: {max: 1, for: 5s}}
+"#;
+
+    fn scoped_engine() -> (Engine, watch::Sender<bool>) {
+        let set = crate::config::parse_str("f.yaml", SCOPED).unwrap();
+        let meta = RunMeta {
+            id: "r".into(),
+            started_at: Timestamp(0),
+            config_files: vec![],
+            node: None,
+        };
+        let mut engine = Engine::new(&set, meta);
+        let (tx, rx) = watch::channel(false);
+        engine.follow_leadership("ns/lease", "agent-a_1", rx);
+        (engine, tx)
+    }
+
+    fn value(invariant: usize, at: i64, value: f64) -> Event {
+        Event::Sample {
+            invariant,
+            sample: Sample {
+                at: Timestamp(at),
+                latency: Duration::from_millis(1),
+                observation: Observation::Ok { value: Some(value) },
+            },
+        }
+    }
+
+    /// An agent that never led reports its cluster-scoped invariant as not examined and
+    /// says why; its node-scoped invariant is judged as ever.
+    #[test]
+    fn a_cluster_invariant_of_an_agent_that_never_led_is_not_examined_with_the_reason() {
+        let (mut engine, _tx) = scoped_engine();
+        engine.handle(value(0, 0, 0.0));
+        let report = engine.report(Timestamp(10_000), RunStatus::Completed);
+        let leadership = report.run.leadership.as_ref().unwrap();
+        assert_eq!(leadership.lease, "ns/lease");
+        assert_eq!(leadership.identity, "agent-a_1");
+        assert!(leadership.intervals.is_empty());
+        assert_eq!(report.invariants[0].verdict, Verdict::Held);
+        assert_eq!(report.invariants[0].note, None, "node-scoped");
+        let cluster = &report.invariants[1];
+        assert_eq!(cluster.verdict, Verdict::NotExamined);
+        let note = cluster.note.as_deref().unwrap();
+        assert!(
+            note.contains("never held it") && note.contains("ns/lease"),
+            "{note}"
+        );
+    }
+
+    /// Leadership intervals are recorded (the last one closed by the end of the run), a
+    /// sample stamped just before the engine noted the start is covered, and time-based
+    /// state does not move while another agent leads.
+    #[test]
+    fn leadership_intervals_cover_the_samples_and_pause_time_based_state() {
+        let (mut engine, _tx) = scoped_engine();
+        engine.set_leading(true, Timestamp(2_000));
+        engine.handle(value(1, 1_990, 0.0));
+        engine.handle(value(1, 3_000, 5.0)); // out of bounds: pending, violated after 5 s
+        engine.set_leading(false, Timestamp(4_000));
+        engine.advance(Timestamp(60_000));
+        let report = engine.report(Timestamp(60_000), RunStatus::Running);
+        assert_eq!(
+            report.invariants[1].summary.state,
+            State::Pending,
+            "no sample since leadership was lost: the `for` must not elapse"
+        );
+        engine.set_leading(true, Timestamp(70_000));
+        engine.set_leading(true, Timestamp(71_000)); // no change
+        engine.handle(value(1, 70_500, 0.0));
+        let report = engine.report(Timestamp(80_000), RunStatus::Completed);
+        let leadership = report.run.leadership.as_ref().unwrap();
+        assert_eq!(
+            leadership.intervals,
+            [
+                LeadershipInterval {
+                    start: Timestamp(1_990),
+                    end: Some(Timestamp(4_000))
+                },
+                LeadershipInterval {
+                    start: Timestamp(70_000),
+                    end: Some(Timestamp(80_000))
+                },
+            ]
+        );
+        let cluster = &report.invariants[1];
+        assert_eq!(cluster.summary.state, State::Holding);
+        assert_eq!(cluster.verdict, Verdict::Held);
+        let note = cluster.note.as_deref().unwrap();
+        assert!(
+            note.contains("12s of the run's 1m 20s, in 2 intervals"),
+            "{note}"
+        );
+    }
+
+    /// Reports with leadership (open, closed and never) match docs/report.schema.json.
+    #[test]
+    fn reports_with_leadership_match_the_schema() {
+        let schema: serde_json::Value = serde_json::from_str(crate::report::JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let (mut engine, _tx) = scoped_engine();
+        let mut reports = vec![engine.report(Timestamp(1_000), RunStatus::Running)];
+        engine.set_leading(true, Timestamp(2_000));
+        engine.handle(value(1, 2_500, 0.0));
+        reports.push(engine.report(Timestamp(3_000), RunStatus::Running));
+        reports.push(engine.report(Timestamp(4_000), RunStatus::Completed));
+        for report in reports {
+            let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&json)
+                .map(|e| format!("{e} at {}", e.instance_path))
+                .collect();
+            assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+            assert!(json["invariants"][1]["note"].is_string());
+            assert!(json["invariants"][0]["note"].is_null());
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_apply_in_order_and_the_end_answers_what_is_queued() {
+        let (events_tx, events) = mpsc::channel(8);
+        let (commands_tx, commands) = mpsc::channel(8);
+        let (snapshots_tx, snapshots) = watch::channel(None);
+        let task = tokio::spawn(run(engine(), events, commands, snapshots_tx));
+        let phase = Annotation {
+            kind: AnnotationKind::Phase,
+            name: "upgrade".into(),
+            start: Timestamp(10),
+            end: None,
+            outcome: None,
+        };
+        let (ack, applied) = oneshot::channel();
+        commands_tx
+            .send(Command::Annotate(phase.clone(), Some(ack)))
+            .await
+            .unwrap();
+        let (reply, report) = oneshot::channel();
+        commands_tx.send(Command::Report(reply)).await.unwrap();
+        applied.await.unwrap();
+        let report = report.await.unwrap();
+        assert_eq!(report.annotations, vec![phase.clone()]);
+        assert_eq!(report.run.status, RunStatus::Running);
+        assert!(std::sync::Arc::ptr_eq(
+            &report,
+            snapshots.borrow().as_ref().unwrap()
+        ));
+
+        // Sent as the events end: answered (before or at the end), never left hanging.
+        events_tx.send(sample(0, true)).await.unwrap();
+        let (reply, last) = oneshot::channel();
+        commands_tx.send(Command::Report(reply)).await.unwrap();
+        drop(events_tx);
+        let done = task.await.unwrap();
+        assert_eq!(done.run.status, RunStatus::Completed);
+        assert_eq!(done.invariants[0].summary.samples.ok, 1);
+        assert_eq!(done.annotations, vec![phase]);
+        assert!(last.await.is_ok());
+        let late = commands_tx
+            .send(Command::Report(oneshot::channel().0))
+            .await;
+        assert!(late.is_err(), "after the end, commands fail to send");
     }
 }

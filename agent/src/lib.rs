@@ -6,12 +6,14 @@
 //! checkpoints a [`report`]. [`run`] wires these together for the `run` command and
 //! [`cli`] is the command line.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod eval;
 pub mod export;
+pub mod kube;
 pub mod probe;
 pub mod report;
 pub mod run;

@@ -2,18 +2,25 @@
 //! to a final report on shutdown.
 //!
 //! Shutdown is staged so nothing collected is lost: stop ticking; give in-flight samples a
-//! short grace; the engine drains every queued sample and builds the final report; the
-//! writer puts it on disk. The whole sequence is bounded (about 2 s with defaults).
+//! short grace; the engine drains every queued sample and command and builds the final
+//! report; API tailers receive `RunEnded`; then, each on its own deadline and at the same
+//! time, the writer puts the report on disk, the exporters flush, the API server turns
+//! NOT_SERVING and closes, and a leader releases its Lease (so another agent takes the
+//! cluster-scoped invariants over at once). The whole sequence is bounded (about 2 s with
+//! defaults).
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::feed::Feed;
+use crate::api::server::{ApiContext, ApiServer};
 use crate::config::InvariantSet;
-use crate::engine::{self, Engine, RunMeta};
+use crate::engine::{self, Command, Engine, RunMeta};
 use crate::report::{self, REPORT_FILE, Report};
 use crate::sample::Timestamp;
 use crate::schedule::{self, Job, Limits};
@@ -36,6 +43,14 @@ pub struct RunOptions {
     pub export: crate::export::ExportArgs,
     /// Cluster name, JUnit mode and test timing for the report.
     pub report: crate::report::cli::ReportRunArgs,
+    /// The gRPC API's address, token, TLS and tail settings.
+    pub api: crate::api::ApiArgs,
+    /// Kubernetes credentials, used only when an invariant has a Kubernetes probe (or for
+    /// leader election).
+    pub kube: crate::kube::KubeArgs,
+    /// Leader election: whether only the agent holding a Lease runs cluster-scoped
+    /// invariants.
+    pub leader_elect: crate::kube::lease::LeaderElectArgs,
 }
 
 /// Errors that stop a run before it starts.
@@ -59,22 +74,48 @@ pub enum RunError {
     /// Export settings that cannot work, or a metrics address that cannot be bound.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// API settings that cannot work, or an API address that cannot be bound.
+    #[error(transparent)]
+    Api(#[from] crate::api::server::ApiError),
+    /// Kubernetes probes are configured but no usable credentials were found.
+    #[error(transparent)]
+    Kube(#[from] crate::kube::ClientError),
+    /// Leader election was asked for but cannot work.
+    #[error(transparent)]
+    LeaderElection(#[from] crate::kube::lease::ElectionError),
 }
+
+/// How long the API may take to close after the run ended (inside the 2 s budget).
+const API_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` resolves or the duration passes, then returns the final report.
 pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<Report, RunError> {
     let mut jobs = Vec::with_capacity(options.set.invariants.len());
+    let probe_context = crate::probe::ProbeContext::new(&options.set, &options.kube).await?;
+    let mut election = crate::kube::lease::for_run(
+        &options.leader_elect,
+        &options.set,
+        probe_context.kube(),
+        &options.kube,
+    )
+    .await?;
     for (index, invariant) in options.set.invariants.iter().enumerate() {
-        let probe = crate::probe::build(&invariant.probe).map_err(|e| RunError::Probe {
-            invariant: invariant.name.clone(),
-            source_location: invariant.source.clone(),
-            message: e.to_string(),
-        })?;
+        let probe =
+            crate::probe::build(&invariant.probe, &probe_context).map_err(|e| RunError::Probe {
+                invariant: invariant.name.clone(),
+                source_location: invariant.source.clone(),
+                message: e.to_string(),
+            })?;
         jobs.push(Job {
             invariant: index,
             interval: invariant.interval,
             timeout: invariant.timeout,
             probe,
+            // Under leader election, cluster-scoped invariants run only while this agent leads.
+            gate: election
+                .as_ref()
+                .filter(|_| invariant.scope == crate::config::spec::Scope::Cluster)
+                .map(|e| e.leading()),
         });
     }
 
@@ -94,6 +135,9 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     );
 
     let (snapshots_tx, snapshots) = watch::channel(None);
+    let (commands_tx, commands_rx) = mpsc::channel(1024);
+    let context = report::RunContext::from_env(options.report.cluster.clone());
+    let (feed, api) = start_api(&options, &meta, &context, &commands_tx, &snapshots).await?;
     // Export settings are checked and the metrics address bound before sampling starts;
     // the run id is the report's, so metrics and report join.
     let run_identity = crate::export::RunIdentity {
@@ -119,17 +163,18 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     // than probes, so a full queue only briefly delays sample tasks, never probes' timing.
     let (events_tx, events_rx) = mpsc::channel(4096.max(jobs.len() * 4));
     let mut engine = Engine::new(&options.set, meta);
-    engine.set_context(report::RunContext::from_env(options.report.cluster.clone()));
-    let (annotations_tx, annotations_rx) = mpsc::channel(1024);
+    engine.set_context(context);
     if let Some(observer) = exporters.sample_observer() {
         engine.observe(observer);
     }
-    let engine_task = tokio::spawn(engine::run_with_annotations(
-        engine,
-        events_rx,
-        annotations_rx,
-        snapshots_tx,
-    ));
+    if let Some(feed) = &feed {
+        engine.observe(Box::new(feed.clone()));
+    }
+    if let Some(election) = &mut election {
+        engine.follow_leadership(election.lease(), election.identity(), election.leading());
+        election.start();
+    }
+    let engine_task = tokio::spawn(engine::run(engine, events_rx, commands_rx, snapshots_tx));
 
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(schedule::run(
@@ -153,8 +198,8 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     }
     exporters.set_ready(false);
     // Test timing written by the suite as it ended goes into the final report.
-    send_test_timing(&options.report.tests_from, &annotations_tx).await;
-    drop(annotations_tx);
+    send_test_timing(&options.report.tests_from, &commands_tx).await;
+    drop(commands_tx);
     shutdown.cancel();
     let _ = scheduler.await;
     // The engine has no fallible paths; if it died anyway (a bug), the last checkpoint on
@@ -162,31 +207,74 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let report = engine_task
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
+    if let Some(feed) = &feed {
+        feed.end();
+    }
     // The final snapshot is published: flush it to the collector while the report is
-    // written, each on its own deadline.
-    let (written, ()) = tokio::join!(
+    // written and the API closes, each on its own deadline.
+    // Sampling has stopped: hand the Lease over (released at once, so failover takes
+    // one round of the next agent instead of the lease duration).
+    let (written, (), (), ()) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(2), writer),
         exporters.shutdown(crate::export::FLUSH_DEADLINE),
+        async {
+            if let Some(api) = api {
+                api.shutdown(API_SHUTDOWN_DEADLINE).await;
+            }
+        },
+        async {
+            if let Some(election) = election {
+                election.stop(crate::kube::lease::RELEASE_DEADLINE).await;
+            }
+        },
     );
     if written.is_err() {
         tracing::error!(report = %report_path.display(), "writing the final report took longer than 2s; giving up on it");
     }
-    Ok(report)
+    Ok(Arc::unwrap_or_clone(report))
+}
+
+/// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like
+/// the metrics address), with the feed the engine will publish to.
+async fn start_api(
+    options: &RunOptions,
+    meta: &RunMeta,
+    context: &report::RunContext,
+    commands: &mpsc::Sender<Command>,
+    snapshots: &engine::Snapshots,
+) -> Result<(Option<Feed>, Option<ApiServer>), RunError> {
+    if options.api.grpc_listen.is_none() {
+        return Ok((None, None));
+    }
+    let feed = Feed::new(
+        &options.set.invariants,
+        crate::api::convert::run_info(meta, context),
+        options.api.tail_history as usize,
+        options.api.tail_buffer as usize,
+    );
+    let api_context = ApiContext {
+        feed: feed.clone(),
+        commands: commands.clone(),
+        snapshots: snapshots.clone(),
+        junit_mode: options.report.junit_mode,
+    };
+    Ok(match ApiServer::start(&options.api, api_context).await? {
+        Some(api) => (Some(feed), Some(api)),
+        // The demo's default address was taken: no API, and nothing to publish to.
+        None => (None, None),
+    })
 }
 
 /// Reads the Ginkgo JSON reports given with `--tests-from` and hands their specs to the
 /// engine. A file that is missing or unreadable is logged, never fatal: the report is
 /// still written, without that timing.
-async fn send_test_timing(
-    files: &[PathBuf],
-    annotations: &mpsc::Sender<crate::report::Annotation>,
-) {
+async fn send_test_timing(files: &[PathBuf], commands: &mpsc::Sender<Command>) {
     for file in files {
         match report::ginkgo::read(file) {
             Ok(list) => {
                 tracing::info!(file = %file.display(), annotations = list.len(), "read test timing");
                 for a in list {
-                    if annotations.send(a).await.is_err() {
+                    if commands.send(Command::Annotate(a, None)).await.is_err() {
                         return;
                     }
                 }

@@ -171,6 +171,13 @@ pub enum ErrorClass {
     InvalidResponse,
     /// A credential file (bearer token, CA file) could not be read.
     Credentials,
+    /// The API server did not accept the agent's credentials (HTTP 401).
+    Unauthorized,
+    /// The API server refused the request: the agent's RBAC does not allow it (HTTP 403).
+    Forbidden,
+    /// A CEL expression could not be evaluated on an object (a missing field, a wrong
+    /// type, a result that is neither a number nor a boolean).
+    Expression,
     /// The probe itself panicked; a bug in the agent, reported instead of crashing.
     Panic,
     /// Anything else.
@@ -192,6 +199,9 @@ impl ErrorClass {
             ErrorClass::BodyTooLarge => "body_too_large",
             ErrorClass::InvalidResponse => "invalid_response",
             ErrorClass::Credentials => "credentials",
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::Forbidden => "forbidden",
+            ErrorClass::Expression => "expression",
             ErrorClass::Panic => "panic",
             ErrorClass::Other => "other",
         }

@@ -10,6 +10,10 @@
 //! OpenShift's disruption monitor does with 1 s samples and a 10 s timeout). A tick that
 //! cannot start (that bound, or the global concurrency bound, is reached; or the process
 //! was stalled past a tick) is reported as [`Event::Missed`], never silently dropped.
+//!
+//! A job may have a [`Gate`] (cluster-scoped invariants under leader election: "this
+//! agent leads"). While it is closed the job takes no samples and counts no missed
+//! ticks; when it opens the job resumes on its own grid, at the first tick after that.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,7 +60,13 @@ pub struct Job {
     pub timeout: Duration,
     /// The probe to run.
     pub probe: Arc<dyn Probe>,
+    /// When set, the job samples only while the gate is open (see the module docs).
+    pub gate: Option<Gate>,
 }
+
+/// Whether a gated job may sample now (`true`: open). A gate whose sender is gone stays
+/// as it was last set.
+pub type Gate = watch::Receiver<bool>;
 
 impl Job {
     /// How many samples of this job may be in flight at once: enough that a target hanging
@@ -135,11 +145,26 @@ async fn tick_loop(
     let phase = start_offset(job.interval);
     let start = Instant::now() + phase;
     let mut tick: u32 = 0;
+    let mut gate = job.gate.clone();
     loop {
+        if let Some(gate) = &mut gate
+            && !*gate.borrow_and_update()
+        {
+            // Closed: nothing is sampled and nothing counts as missed until it opens.
+            tokio::select! {
+                open = gate.wait_for(|open| *open) => if open.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            tick = first_tick_after(start, job.interval, Instant::now());
+        }
         let due = start + job.interval * tick;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
             _ = shutdown.cancelled() => return,
+        }
+        if gate.as_ref().is_some_and(|g| !*g.borrow()) {
+            // Closed while waiting for this tick.
+            continue;
         }
         // A stalled process (or a suspended VM) can wake us past several ticks. Those
         // ticks are counted as missed rather than fired in a burst.
@@ -197,6 +222,17 @@ async fn tick_loop(
         }
         tick = tick.saturating_add(1);
     }
+}
+
+/// The number of the first tick of a grid starting at `start` that falls strictly after
+/// `now` (a job whose gate opens at `now` resumes there, on its own cadence).
+fn first_tick_after(start: Instant, interval: Duration, now: Instant) -> u32 {
+    if now < start {
+        return 0;
+    }
+    let elapsed = now.duration_since(start).as_nanos();
+    let interval = interval.as_nanos().max(1);
+    u32::try_from(elapsed / interval + 1).unwrap_or(u32::MAX)
 }
 
 /// Invariants start at offsets on a 50 ms grid: spread enough that a file of 1 s
@@ -269,5 +305,108 @@ async fn observe_guarded(
             ErrorClass::Timeout,
             format!("no answer within {}", humantime::format_duration(timeout)),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ProbeFuture;
+
+    struct AlwaysOk;
+
+    impl Probe for AlwaysOk {
+        fn observe(&self) -> ProbeFuture<'_> {
+            Box::pin(async { Observation::Ok { value: None } })
+        }
+    }
+
+    fn job(gate: Option<Gate>) -> Job {
+        Job {
+            invariant: 0,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            probe: Arc::new(AlwaysOk),
+            gate,
+        }
+    }
+
+    /// Counts samples and missed ticks received within `window` (tokio time).
+    async fn count(events: &mut mpsc::Receiver<Event>, window: Duration) -> (u32, u32) {
+        let until = Instant::now() + window;
+        let (mut samples, mut missed) = (0, 0);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Sample { .. }) => samples += 1,
+                    Some(Event::Missed { .. }) => missed += 1,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        (samples, missed)
+    }
+
+    /// A gated job samples only while its gate is open, counts nothing as missed while it
+    /// is closed, and resumes on its grid when it opens again.
+    #[tokio::test(start_paused = true)]
+    async fn a_gated_job_samples_only_while_its_gate_is_open() {
+        let (open, gate) = watch::channel(false);
+        let (tx, mut events) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
+        let scheduler = tokio::spawn(run(
+            vec![
+                job(Some(gate)),
+                Job {
+                    invariant: 1,
+                    ..job(None)
+                },
+            ],
+            Limits::default(),
+            tx,
+            shutdown.clone(),
+        ));
+        // Closed: only the ungated job samples (one per second).
+        let mut per_invariant = [0u32; 2];
+        let until = Instant::now() + Duration::from_millis(5500);
+        while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+            match event {
+                Event::Sample { invariant, .. } => per_invariant[invariant] += 1,
+                Event::Missed { .. } => panic!("nothing may be missed"),
+            }
+        }
+        assert_eq!(per_invariant[0], 0);
+        assert!((5..=6).contains(&per_invariant[1]), "{per_invariant:?}");
+
+        open.send_replace(true);
+        let (samples, missed) = count(&mut events, Duration::from_millis(10_500)).await;
+        assert_eq!(missed, 0);
+        assert!(
+            (20..=22).contains(&samples),
+            "both jobs for 10.5s: {samples}"
+        );
+
+        open.send_replace(false);
+        // In-flight samples finish; then only the ungated job goes on.
+        let (samples, missed) = count(&mut events, Duration::from_millis(20_500)).await;
+        assert_eq!(missed, 0, "closed ticks are not missed ticks");
+        assert!((20..=22).contains(&samples), "one job for 20.5s: {samples}");
+
+        shutdown.cancel();
+        scheduler.await.unwrap();
+    }
+
+    #[test]
+    fn the_first_tick_after_a_gate_opens_is_on_the_grid() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(first_tick_after(start + second, second, start), 0);
+        assert_eq!(first_tick_after(start, second, start), 1);
+        assert_eq!(
+            first_tick_after(start, second, start + Duration::from_millis(2500)),
+            3
+        );
+        assert_eq!(first_tick_after(start, second, start + second * 4), 5);
     }
 }

@@ -4,12 +4,18 @@
 
 mod support;
 
+mod api;
+mod api_cli;
 mod cli_config;
 mod demo;
 mod export_otlp;
 mod export_prometheus;
 mod export_support;
 mod faults;
+mod kube_leader;
+mod kube_manifests;
+mod kube_probes;
+mod kube_support;
 mod lifecycle;
 mod report;
 mod report_html;

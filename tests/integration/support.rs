@@ -188,6 +188,10 @@ pub fn spawn_agent_with_env(
         "POD_NAME",
         "POD_NAMESPACE",
         "INVARIANT_AGENT_METRICS_LISTEN",
+        "INVARIANT_AGENT_GRPC_LISTEN",
+        "KUBECONFIG",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
     ] {
         command.env_remove(var);
     }

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::duration::format_duration;
-use super::spec::{Invariant, InvariantSet, ProbeSpec};
+use super::spec::{ConnectionMode, Invariant, InvariantSet, ProbeSpec};
 
 /// Renders `set` as a Markdown document: a summary table, then a section per invariant.
 pub fn markdown_docs(set: &InvariantSet) -> String {
@@ -96,6 +96,11 @@ fn probe_kind(probe: &ProbeSpec) -> String {
     match probe {
         ProbeSpec::Http(h) => format!("http {}", h.method),
         ProbeSpec::Tcp(t) if t.tls.is_some() => "tcp + TLS handshake".to_string(),
+        ProbeSpec::Apiserver(a) if a.connection == ConnectionMode::New => {
+            "apiserver GET, new connection per sample".to_string()
+        }
+        ProbeSpec::Apiserver(_) => "apiserver GET".to_string(),
+        ProbeSpec::Resource(_) | ProbeSpec::Events(_) => format!("{} (watch)", probe.kind()),
         other => other.kind().to_string(),
     }
 }
@@ -192,6 +197,43 @@ No server errors.
 - Defined in: `inv.yaml:18:5`
 "#;
         assert_eq!(md, expected);
+    }
+
+    #[test]
+    fn kubernetes_probes_say_what_they_watch() {
+        let file = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: nodes-ready
+    description: Every Node is Ready.
+    owner: sig-node
+    scope: cluster
+    probe:
+      resource:
+        apiVersion: v1
+        kind: Node
+        expression: '!object.status.conditions.exists(c, c.type == "Ready" && c.status == "True")'
+    condition:
+      threshold: {max: 0}
+  - name: readyz-new
+    description: Ready on new connections.
+    owner: sig-api-machinery
+    probe:
+      apiserver: {path: /readyz, connection: new}
+    condition:
+      availability: {target: 100}
+"#;
+        let md = markdown_docs(&parse_str("k.yaml", file).unwrap());
+        assert!(
+            md.contains(
+                "- Probe: resource (watch) `v1 Node: sum(!object.status.conditions.exists(c, c.type == \"Ready\" && c.status == \"True\"))`"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- Probe: apiserver GET, new connection per sample `/readyz`"),
+            "{md}"
+        );
     }
 
     #[test]

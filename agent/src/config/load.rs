@@ -17,6 +17,8 @@ use super::error::{ConfigError, ConfigErrors};
 use super::selector::{parse_selector, regex_error_message};
 use super::spec::*;
 use super::yaml::{Node, Value, parse_document};
+use crate::kube::cel::CelExpression;
+use crate::kube::selector::{check_field_selector, check_label_selector};
 
 const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "defaults", "invariants"];
 const DEFAULTS_FIELDS: &[&str] = &["scope", "interval", "timeout", "labels"];
@@ -32,7 +34,15 @@ const INVARIANT_FIELDS: &[&str] = &[
     "condition",
     "expectedDisruptions",
 ];
-const PROBE_KINDS: &[&str] = &["http", "tcp", "dns", "metrics"];
+const PROBE_KINDS: &[&str] = &[
+    "http",
+    "tcp",
+    "dns",
+    "metrics",
+    "apiserver",
+    "resource",
+    "events",
+];
 const HTTP_FIELDS: &[&str] = &[
     "url",
     "method",
@@ -57,6 +67,24 @@ const METRICS_FIELDS: &[&str] = &[
 ];
 /// http fields that metrics probes refuse with a specific reason instead of "unknown".
 const METRICS_REFUSED: &[&str] = &["method", "expectedStatus", "body", "valuePointer"];
+const APISERVER_FIELDS: &[&str] = &[
+    "path",
+    "connection",
+    "body",
+    "series",
+    "aggregation",
+    "maxBodyBytes",
+];
+const RESOURCE_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labelSelector",
+    "fieldSelector",
+    "expression",
+    "aggregation",
+];
+const EVENTS_FIELDS: &[&str] = &["measure", "namespace", "reasons", "excludeReasons"];
 const TCP_FIELDS: &[&str] = &["address", "tls"];
 const DNS_FIELDS: &[&str] = &["name", "server", "minAnswers", "expectedAddresses"];
 const TLS_FIELDS: &[&str] = &["caFile", "insecureSkipVerify", "serverName"];
@@ -760,9 +788,16 @@ impl Checker<'_> {
                 "http" => self.http_probe(value, &kind_path).map(ProbeSpec::Http),
                 "tcp" => self.tcp_probe(value, &kind_path).map(ProbeSpec::Tcp),
                 "dns" => self.dns_probe(value, &kind_path).map(ProbeSpec::Dns),
-                _ => self
+                "metrics" => self
                     .metrics_probe(value, &kind_path)
                     .map(ProbeSpec::Metrics),
+                "apiserver" => self
+                    .apiserver_probe(value, &kind_path)
+                    .map(ProbeSpec::Apiserver),
+                "resource" => self
+                    .resource_probe(value, &kind_path)
+                    .map(ProbeSpec::Resource),
+                _ => self.events_probe(value, &kind_path).map(ProbeSpec::Events),
             };
             result = spec;
         }
@@ -885,17 +920,7 @@ impl Checker<'_> {
             };
             (expected_status, body_match, value_pointer)
         };
-        let connection = match map.get("connection") {
-            Some(n) => self.choice(
-                n,
-                &map.path("connection"),
-                &[
-                    ("new", ConnectionMode::New),
-                    ("reused", ConnectionMode::Reused),
-                ],
-            ),
-            None => Some(ConnectionMode::Reused),
-        };
+        let connection = self.connection(map);
         let max_body_bytes = match map.get("maxBodyBytes") {
             Some(n) => self.max_body_bytes(n, &map.path("maxBodyBytes")),
             None if metrics => Some(DEFAULT_METRICS_MAX_BODY_BYTES),
@@ -1311,7 +1336,16 @@ impl Checker<'_> {
                 .map_err(|e| self.error(&n.referenced, &path, e.to_string()))
                 .ok()
         });
-        let aggregation = match map.get("aggregation") {
+        let aggregation = self.aggregation(&map);
+        Some(MetricsProbeSpec {
+            http: http?,
+            selector: selector?,
+            aggregation: aggregation?,
+        })
+    }
+
+    fn aggregation(&mut self, map: &Map<'_>) -> Option<Aggregation> {
+        match map.get("aggregation") {
             Some(n) => self.choice(
                 n,
                 &map.path("aggregation"),
@@ -1323,12 +1357,262 @@ impl Checker<'_> {
                 ],
             ),
             None => Some(Aggregation::Sum),
+        }
+    }
+
+    fn connection(&mut self, map: &Map<'_>) -> Option<ConnectionMode> {
+        match map.get("connection") {
+            Some(n) => self.choice(
+                n,
+                &map.path("connection"),
+                &[
+                    ("new", ConnectionMode::New),
+                    ("reused", ConnectionMode::Reused),
+                ],
+            ),
+            None => Some(ConnectionMode::Reused),
+        }
+    }
+
+    // ----- Kubernetes probes -------------------------------------------------------------
+
+    fn apiserver_probe(&mut self, node: &Node, path: &str) -> Option<ApiserverProbeSpec> {
+        let map = self.map(node, path)?;
+        self.deny_unknown(&map, APISERVER_FIELDS, &[]);
+        let api_path = self.required(&map, "path").and_then(|n| {
+            let path = map.path("path");
+            let text = self.non_empty_string(n, &path)?;
+            match check_api_path(text) {
+                Ok(()) => Some(text.to_string()),
+                Err(message) => {
+                    self.error(&n.referenced, &path, message);
+                    None
+                }
+            }
+        });
+        let connection = self.connection(&map);
+        let body_match = match map.get("body") {
+            Some(n) => self.body(n, &map.path("body")).map(Some),
+            None => Some(None),
         };
-        Some(MetricsProbeSpec {
-            http: http?,
-            selector: selector?,
+        let series = match map.get("series") {
+            Some(n) => {
+                let path = map.path("series");
+                self.string(n, &path).and_then(|text| {
+                    parse_selector(text)
+                        .map(Some)
+                        .map_err(|e| self.error(&n.referenced, &path, e.to_string()))
+                        .ok()
+                })
+            }
+            None => Some(None),
+        };
+        if map.get("series").is_none()
+            && let Some(key) = map.key_node("aggregation")
+        {
+            self.error(
+                &key.referenced,
+                &map.path("aggregation"),
+                "aggregation applies only with series (a metrics scrape); add series or \
+                 remove aggregation",
+            );
+        }
+        let aggregation = self.aggregation(&map);
+        let max_body_bytes = match map.get("maxBodyBytes") {
+            Some(n) => self.max_body_bytes(n, &map.path("maxBodyBytes")),
+            None if map.get("series").is_some() => Some(DEFAULT_METRICS_MAX_BODY_BYTES),
+            None => Some(DEFAULT_HTTP_MAX_BODY_BYTES),
+        };
+        if map.get("series").is_none() && map.key_node("aggregation").is_some() {
+            return None;
+        }
+        Some(ApiserverProbeSpec {
+            path: api_path?,
+            connection: connection?,
+            body_match: body_match?,
+            series: series?,
+            aggregation: aggregation?,
+            max_body_bytes: max_body_bytes?,
+        })
+    }
+
+    fn resource_probe(&mut self, node: &Node, path: &str) -> Option<ResourceProbeSpec> {
+        let map = self.map(node, path)?;
+        self.deny_unknown(&map, RESOURCE_FIELDS, &[]);
+        let api_version = self.required(&map, "apiVersion").and_then(|n| {
+            let path = map.path("apiVersion");
+            let text = self.non_empty_string(n, &path)?;
+            check_api_version(text)
+                .map(|()| text.to_string())
+                .map_err(|message| self.error(&n.referenced, &path, message))
+                .ok()
+        });
+        let kind = self.required(&map, "kind").and_then(|n| {
+            let path = map.path("kind");
+            let text = self.non_empty_string(n, &path)?;
+            check_kind(text)
+                .map(|()| text.to_string())
+                .map_err(|message| self.error(&n.referenced, &path, message))
+                .ok()
+        });
+        let namespace = self.namespace(&map);
+        let label_selector = self.selector(&map, "labelSelector", check_label_selector);
+        let field_selector = self.selector(&map, "fieldSelector", check_field_selector);
+        let expression = self.required(&map, "expression").and_then(|n| {
+            let path = map.path("expression");
+            let text = self.non_empty_string(n, &path)?;
+            CelExpression::compile(text)
+                .map_err(|message| self.error(&n.referenced, &path, message))
+                .ok()
+        });
+        let aggregation = match map.get("aggregation") {
+            Some(n) => self.choice(
+                n,
+                &map.path("aggregation"),
+                &[
+                    ("sum", ResourceAggregation::Sum),
+                    ("max", ResourceAggregation::Max),
+                    ("min", ResourceAggregation::Min),
+                    ("count", ResourceAggregation::Count),
+                    ("cumulativeSum", ResourceAggregation::CumulativeSum),
+                ],
+            ),
+            None => Some(ResourceAggregation::Sum),
+        };
+        Some(ResourceProbeSpec {
+            api_version: api_version?,
+            kind: kind?,
+            namespace: namespace?,
+            label_selector: label_selector?,
+            field_selector: field_selector?,
+            expression: expression?,
             aggregation: aggregation?,
         })
+    }
+
+    fn events_probe(&mut self, node: &Node, path: &str) -> Option<EventsProbeSpec> {
+        let map = self.map(node, path)?;
+        self.deny_unknown(&map, EVENTS_FIELDS, &[]);
+        let measure = self.required(&map, "measure").and_then(|n| {
+            self.choice(
+                n,
+                &map.path("measure"),
+                &[
+                    ("maxRepeats", EventsMeasure::MaxRepeats),
+                    ("warnings", EventsMeasure::Warnings),
+                ],
+            )
+        });
+        let namespace = self.namespace(&map);
+        let reasons = match map.get("reasons") {
+            Some(n) => self.reasons(n, &map.path("reasons")),
+            None => Some(Vec::new()),
+        };
+        let exclude_reasons = match map.get("excludeReasons") {
+            Some(n) => self.reasons(n, &map.path("excludeReasons")),
+            None => Some(Vec::new()),
+        };
+        if measure == Some(EventsMeasure::Warnings) && matches!(&reasons, Some(r) if r.is_empty()) {
+            let (at, message) = match map.get("reasons") {
+                Some(n) => (n.referenced, "must list at least one reason"),
+                None => (
+                    map.at,
+                    "required with measure: warnings; list the reasons to count, e.g. \
+                     [FailedMount, BackOff]",
+                ),
+            };
+            self.error(&at, &map.path("reasons"), message);
+            return None;
+        }
+        if let (Some(include), Some(exclude), Some(n)) =
+            (&reasons, &exclude_reasons, map.get("excludeReasons"))
+            && let Some(both) = exclude.iter().find(|r| include.contains(r))
+        {
+            let message = format!(
+                "{} is also in reasons; a reason cannot be both counted and excluded",
+                quote(both)
+            );
+            self.error(&n.referenced, &map.path("excludeReasons"), message);
+            return None;
+        }
+        Some(EventsProbeSpec {
+            measure: measure?,
+            namespace: namespace?,
+            reasons: reasons?,
+            exclude_reasons: exclude_reasons?,
+        })
+    }
+
+    /// The optional `namespace` field: a DNS label.
+    fn namespace(&mut self, map: &Map<'_>) -> Option<Option<String>> {
+        let Some(n) = map.get("namespace") else {
+            return Some(None);
+        };
+        let path = map.path("namespace");
+        let text = self.non_empty_string(n, &path)?;
+        if !is_dns_label(text) {
+            let message = format!(
+                "{} is not a namespace name (lowercase letters, digits and '-', at most 63)",
+                quote(text)
+            );
+            self.error(&n.referenced, &path, message);
+            return None;
+        }
+        Some(Some(text.to_string()))
+    }
+
+    /// An optional selector field, checked by `check`.
+    fn selector(
+        &mut self,
+        map: &Map<'_>,
+        key: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Option<Option<String>> {
+        let Some(n) = map.get(key) else {
+            return Some(None);
+        };
+        let path = map.path(key);
+        let text = self.string(n, &path)?;
+        match check(text) {
+            Ok(()) => Some(Some(text.trim().to_string())),
+            Err(reason) => {
+                let message = format!("invalid {}: {} {reason}", key_words(key), quote(text));
+                self.error(&n.referenced, &path, message);
+                None
+            }
+        }
+    }
+
+    /// A list of event reasons: non-empty strings without spaces, no duplicates.
+    fn reasons(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let items = self.list(node, path)?;
+        let mut ok = true;
+        let mut reasons: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(text) = self.non_empty_string(item, &item_path) else {
+                ok = false;
+                continue;
+            };
+            if text.chars().any(char::is_whitespace) {
+                let message = format!(
+                    "{} is not an event reason (a single word such as BackOff)",
+                    quote(text)
+                );
+                self.error(&item.referenced, &item_path, message);
+                ok = false;
+            } else if reasons.iter().any(|r| r == text) {
+                self.error(
+                    &item.referenced,
+                    &item_path,
+                    format!("{} is listed twice", quote(text)),
+                );
+                ok = false;
+            } else {
+                reasons.push(text.to_string());
+            }
+        }
+        ok.then_some(reasons)
     }
 
     // ----- conditions --------------------------------------------------------------------
@@ -1711,6 +1995,98 @@ fn parse_dns_server(text: &str) -> Option<std::net::SocketAddr> {
     text.parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, 53))
+}
+
+/// `labelSelector` as words for messages.
+fn key_words(key: &str) -> &'static str {
+    if key == "labelSelector" {
+        "label selector"
+    } else {
+        "field selector"
+    }
+}
+
+/// An API server path with an optional query: `/readyz`, `/api/v1/nodes?limit=1`.
+fn check_api_path(text: &str) -> Result<(), String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Err(format!(
+            "{} is a URL; give only the path (e.g. /readyz): the server comes from the \
+             kubeconfig or the pod's ServiceAccount",
+            quote(text)
+        ));
+    }
+    if !text.starts_with('/') || text.starts_with("//") {
+        return Err(format!(
+            "{} is not an API server path; start it with a single /, e.g. /readyz or \
+             /api/v1/namespaces/default",
+            quote(text)
+        ));
+    }
+    if text.contains('#') {
+        return Err(format!("{} has a fragment (#); remove it", quote(text)));
+    }
+    text.parse::<http::uri::PathAndQuery>()
+        .map(|_| ())
+        .map_err(|e| format!("{} is not a valid path: {e}", quote(text)))
+}
+
+/// `v1` or `group/version`, e.g. `apps/v1` or `discovery.k8s.io/v1`.
+fn check_api_version(text: &str) -> Result<(), String> {
+    let (group, version) = match text.split_once('/') {
+        Some((group, version)) => (Some(group), version),
+        None => (None, text),
+    };
+    if group == Some("core") || group == Some("") {
+        return Err(format!(
+            "{} names the core group, which has no name; write {version}",
+            quote(text)
+        ));
+    }
+    if let Some(group) = group
+        && check_dns_name(group).is_err()
+    {
+        return Err(format!(
+            "{} is not an API version: group {} is not a DNS name; write v1 or group/version, \
+             e.g. apps/v1",
+            quote(text),
+            quote(group)
+        ));
+    }
+    let version_ok = version.starts_with(|c: char| c.is_ascii_lowercase())
+        && is_dns_label(version)
+        && !version.contains('/');
+    if !version_ok {
+        return Err(format!(
+            "{} is not an API version; write v1 or group/version, e.g. apps/v1 or \
+             discovery.k8s.io/v1",
+            quote(text)
+        ));
+    }
+    Ok(())
+}
+
+/// A kind: CamelCase letters and digits, starting with an upper-case letter.
+fn check_kind(text: &str) -> Result<(), String> {
+    let valid = text.starts_with(|c: char| c.is_ascii_uppercase())
+        && text.chars().all(|c| c.is_ascii_alphanumeric());
+    if valid {
+        return Ok(());
+    }
+    let mut hint = String::new();
+    if let Some(first) = text.chars().next()
+        && first.is_ascii_lowercase()
+        && text.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        hint = format!(
+            ", e.g. {}{}",
+            first.to_ascii_uppercase(),
+            &text[first.len_utf8()..]
+        );
+    }
+    Err(format!(
+        "{} is not a kind; kinds are CamelCase names such as Node, Pod or Deployment{hint}",
+        quote(text)
+    ))
 }
 
 #[cfg(test)]

@@ -427,7 +427,7 @@ fn every_mistake_is_reported_at_once_with_its_position() {
         "9:18: invariants[0].description: must not be empty",
         "11:12: invariants[0].scope: unknown value \"everywhere\"; expected one of node, cluster",
         "12:14: invariants[0].timeout: must be greater than 0 and at most 10m, found 0s",
-        "14:7: invariants[0].probe: unknown probe kind \"exec\"; expected one of http, tcp, dns, metrics",
+        "14:7: invariants[0].probe: unknown probe kind \"exec\"; expected one of http, tcp, dns, metrics, apiserver, resource, events",
         "16:30: invariants[0].condition.availability.target: must be a percentage greater than 0 and at most 100, found 150",
         "17:5: invariants[1].description: required field is missing",
         "18:12: invariants[1].owner: expected a string, found the number 7; put it in quotes to use it as text",
@@ -725,20 +725,22 @@ fn probe_kind_rules() {
     assert_cases(&[
         (
             &format!("probe: {{}}\n{AVAILABILITY}"),
-            &["invariants[0].probe: no probe kind given; expected one of http, tcp, dns, metrics"],
+            &[
+                "invariants[0].probe: no probe kind given; expected one of http, tcp, dns, metrics, apiserver, resource, events",
+            ],
         ),
         (
             &format!(
                 "probe: {{http: {{url: 'http://a/'}}, tcp: {{address: 'a:1'}}}}\n{AVAILABILITY}"
             ),
             &[
-                "invariants[0].probe: more than one probe kind (http, tcp); give exactly one of http, tcp, dns, metrics",
+                "invariants[0].probe: more than one probe kind (http, tcp); give exactly one of http, tcp, dns, metrics, apiserver, resource, events",
             ],
         ),
         (
             &format!("probe: {{exec: {{}}, http: {{url: 'http://a/'}}}}\n{AVAILABILITY}"),
             &[
-                "invariants[0].probe: unknown probe kind \"exec\"; expected one of http, tcp, dns, metrics",
+                "invariants[0].probe: unknown probe kind \"exec\"; expected one of http, tcp, dns, metrics, apiserver, resource, events",
             ],
         ),
         (
@@ -1494,6 +1496,267 @@ fn yaml_features_keep_positions() {
             "9:40: invariants[0].condition.availability.target: must be a percentage greater than 0 and at most 100, found 200",
         ]
     );
+}
+
+// ----- Kubernetes probes -----------------------------------------------------------------
+
+#[test]
+fn apiserver_probes_parse_with_defaults() {
+    let inv = parse_invariant(&with_probe("apiserver: {path: /readyz}"));
+    assert_eq!(
+        inv.probe,
+        ProbeSpec::Apiserver(ApiserverProbeSpec {
+            path: "/readyz".into(),
+            connection: ConnectionMode::Reused,
+            body_match: None,
+            series: None,
+            aggregation: Aggregation::Sum,
+            max_body_bytes: DEFAULT_HTTP_MAX_BODY_BYTES,
+        })
+    );
+    assert!(inv.probe.needs_kubernetes());
+    assert_eq!(inv.probe.target(), "/readyz");
+
+    let inv = parse_invariant(&with_probe(
+        "apiserver: {path: '/api/v1/namespaces/default?resourceVersion=0', connection: new, body: {contains: '\"kind\":\"Namespace\"'}}",
+    ));
+    let ProbeSpec::Apiserver(a) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(a.path, "/api/v1/namespaces/default?resourceVersion=0");
+    assert_eq!(a.connection, ConnectionMode::New);
+    assert_eq!(
+        a.body_match,
+        Some(BodyMatch::Substring("\"kind\":\"Namespace\"".into()))
+    );
+
+    let inv = parse_invariant(&with_probe(
+        "apiserver: {path: /metrics, series: 'apiserver_request_total{code=~\"5..\"}', aggregation: max}",
+    ));
+    let ProbeSpec::Apiserver(a) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(a.aggregation, Aggregation::Max);
+    assert_eq!(a.max_body_bytes, DEFAULT_METRICS_MAX_BODY_BYTES);
+    assert_eq!(
+        inv.probe.target(),
+        "/metrics apiserver_request_total{code=~\"5..\"}"
+    );
+}
+
+#[test]
+fn apiserver_probe_errors() {
+    assert_cases(&[
+        (
+            &with_probe("apiserver: {}"),
+            &["invariants[0].probe.apiserver.path: required field is missing"],
+        ),
+        (
+            &with_probe("apiserver: {path: readyz}"),
+            &[
+                "invariants[0].probe.apiserver.path: \"readyz\" is not an API server path; start it with a single /, e.g. /readyz or /api/v1/namespaces/default",
+            ],
+        ),
+        (
+            &with_probe("apiserver: {path: 'https://10.0.0.1:6443/readyz'}"),
+            &[
+                "invariants[0].probe.apiserver.path: \"https://10.0.0.1:6443/readyz\" is a URL; give only the path (e.g. /readyz): the server comes from the kubeconfig or the pod's ServiceAccount",
+            ],
+        ),
+        (
+            &with_probe("apiserver: {path: '/readyz#x'}"),
+            &["invariants[0].probe.apiserver.path: \"/readyz#x\" has a fragment (#); remove it"],
+        ),
+        (
+            &with_probe("apiserver: {path: /readyz, aggregation: max}"),
+            &[
+                "invariants[0].probe.apiserver.aggregation: aggregation applies only with series (a metrics scrape); add series or remove aggregation",
+            ],
+        ),
+        (
+            &with_probe("apiserver: {path: /readyz, connection: fresh, url: x}"),
+            &[
+                "invariants[0].probe.apiserver.connection: unknown value \"fresh\"; expected one of new, reused",
+                "invariants[0].probe.apiserver.url: unknown field; expected one of path, connection, body, series, aggregation, maxBodyBytes",
+            ],
+        ),
+        (
+            &with_probe("apiserver: {path: /metrics, series: 'up{'}"),
+            &[
+                "invariants[0].probe.apiserver.series: invalid series selector at character 4: expected a label name (letters, digits and '_', not starting with a digit) or '}'",
+            ],
+        ),
+    ]);
+}
+
+const NODES_NOT_READY: &str =
+    r#"!object.status.conditions.exists(c, c.type == "Ready" && c.status == "True")"#;
+
+#[test]
+fn resource_probes_parse_and_compile_their_expression() {
+    let inv = parse_invariant(&format!(
+        "probe:\n  resource:\n    apiVersion: v1\n    kind: Node\n    expression: '{NODES_NOT_READY}'\ncondition: {{threshold: {{max: 0}}}}"
+    ));
+    let ProbeSpec::Resource(r) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(
+        (r.api_version.as_str(), r.kind.as_str(), &r.namespace),
+        ("v1", "Node", &None)
+    );
+    assert_eq!(r.expression.as_str(), NODES_NOT_READY);
+    assert_eq!(r.aggregation, ResourceAggregation::Sum);
+    assert_eq!(
+        inv.probe.target(),
+        format!("v1 Node: sum({NODES_NOT_READY})")
+    );
+
+    let inv = parse_invariant(
+        "probe:\n  resource:\n    apiVersion: apps/v1\n    kind: Deployment\n    namespace: kube-system\n    labelSelector: 'k8s-app in (kube-dns, coredns)'\n    fieldSelector: metadata.name!=x\n    expression: object.status.replicas - object.status.readyReplicas\n    aggregation: max\ncondition: {threshold: {max: 0}}",
+    );
+    let ProbeSpec::Resource(r) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(r.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(
+        r.label_selector.as_deref(),
+        Some("k8s-app in (kube-dns, coredns)")
+    );
+    assert_eq!(r.field_selector.as_deref(), Some("metadata.name!=x"));
+    assert_eq!(r.aggregation, ResourceAggregation::Max);
+    assert_eq!(
+        r.watch_description(),
+        "apps/v1 Deployment in kube-system -l k8s-app in (kube-dns, coredns) --field-selector metadata.name!=x"
+    );
+}
+
+#[test]
+fn resource_probe_errors() {
+    assert_cases(&[
+        (
+            &with_probe("resource: {}"),
+            &[
+                "invariants[0].probe.resource.apiVersion: required field is missing",
+                "invariants[0].probe.resource.kind: required field is missing",
+                "invariants[0].probe.resource.expression: required field is missing",
+            ],
+        ),
+        (
+            &with_probe("resource: {apiVersion: core/v1, kind: node, expression: 'true'}"),
+            &[
+                "invariants[0].probe.resource.apiVersion: \"core/v1\" names the core group, which has no name; write v1",
+                "invariants[0].probe.resource.kind: \"node\" is not a kind; kinds are CamelCase names such as Node, Pod or Deployment, e.g. Node",
+            ],
+        ),
+        (
+            &with_probe("resource: {apiVersion: 'apps/V1', kind: Deployment, expression: 'true'}"),
+            &[
+                "invariants[0].probe.resource.apiVersion: \"apps/V1\" is not an API version; write v1 or group/version, e.g. apps/v1 or discovery.k8s.io/v1",
+            ],
+        ),
+        (
+            &with_probe(
+                "resource: {apiVersion: v1, kind: Pod, namespace: Kube_System, expression: 'true'}",
+            ),
+            &[
+                "invariants[0].probe.resource.namespace: \"Kube_System\" is not a namespace name (lowercase letters, digits and '-', at most 63)",
+            ],
+        ),
+        (
+            &with_probe(
+                "resource: {apiVersion: v1, kind: Pod, labelSelector: 'app=web;x', fieldSelector: 'status.phase', expression: 'true'}",
+            ),
+            &[
+                "invariants[0].probe.resource.labelSelector: invalid label selector: \"app=web;x\" expected \",\" at character 8, found ';'",
+                "invariants[0].probe.resource.fieldSelector: invalid field selector: \"status.phase\" term \"status.phase\" at character 1 has no operator; write field=value, field==value or field!=value",
+            ],
+        ),
+        (
+            &with_probe(
+                "resource: {apiVersion: v1, kind: Node, expression: 'object.status.conditions.exists(c, c.type == )', aggregation: avg}",
+            ),
+            &[
+                "invariants[0].probe.resource.expression: invalid CEL expression: Syntax error: mismatched input ')' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER} at character 46",
+                "invariants[0].probe.resource.aggregation: unknown value \"avg\"; expected one of sum, max, min, count, cumulativeSum",
+            ],
+        ),
+    ]);
+}
+
+#[test]
+fn a_bad_expression_is_reported_at_its_position_in_the_file() {
+    let text = invariant_file(
+        "probe:\n  resource:\n    apiVersion: v1\n    kind: Node\n    expression: 'object.x +'\ncondition: {threshold: {max: 0}}",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "11:21: invariants[0].probe.resource.expression: invalid CEL expression: "
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn events_probes_parse() {
+    let inv = parse_invariant(
+        "probe: {events: {measure: maxRepeats, excludeReasons: [BackOff]}}\ncondition: {threshold: {max: 20}}",
+    );
+    assert_eq!(
+        inv.probe,
+        ProbeSpec::Events(EventsProbeSpec {
+            measure: EventsMeasure::MaxRepeats,
+            namespace: None,
+            reasons: vec![],
+            exclude_reasons: vec!["BackOff".into()],
+        })
+    );
+    assert_eq!(inv.probe.target(), "maxRepeats events, excluding BackOff");
+    let inv = parse_invariant(
+        "probe: {events: {measure: warnings, namespace: kube-system, reasons: [FailedMount, Evicted]}}\ncondition: {increase: {max: 0}}",
+    );
+    assert_eq!(
+        inv.probe.target(),
+        "warnings events in kube-system, reasons FailedMount, Evicted"
+    );
+}
+
+#[test]
+fn events_probe_errors() {
+    assert_cases(&[
+        (
+            &with_probe("events: {}"),
+            &["invariants[0].probe.events.measure: required field is missing"],
+        ),
+        (
+            &with_probe("events: {measure: warnings}"),
+            &[
+                "invariants[0].probe.events.reasons: required with measure: warnings; list the reasons to count, e.g. [FailedMount, BackOff]",
+            ],
+        ),
+        (
+            &with_probe("events: {measure: warnings, reasons: []}"),
+            &["invariants[0].probe.events.reasons: must list at least one reason"],
+        ),
+        (
+            &with_probe("events: {measure: repeats, reasons: [Back Off, X, X, 3]}"),
+            &[
+                "invariants[0].probe.events.measure: unknown value \"repeats\"; expected one of maxRepeats, warnings",
+                "invariants[0].probe.events.reasons[0]: \"Back Off\" is not an event reason (a single word such as BackOff)",
+                "invariants[0].probe.events.reasons[2]: \"X\" is listed twice",
+                "invariants[0].probe.events.reasons[3]: expected a string, found the number 3; put it in quotes to use it as text",
+            ],
+        ),
+        (
+            &with_probe(
+                "events: {measure: maxRepeats, reasons: [BackOff], excludeReasons: [BackOff]}",
+            ),
+            &[
+                "invariants[0].probe.events.excludeReasons: \"BackOff\" is also in reasons; a reason cannot be both counted and excluded",
+            ],
+        ),
+    ]);
 }
 
 proptest! {

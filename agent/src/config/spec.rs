@@ -96,6 +96,13 @@ pub enum ProbeSpec {
     Dns(DnsProbeSpec),
     /// A scrape of a Prometheus text endpoint, reduced to one value.
     Metrics(MetricsProbeSpec),
+    /// A GET through the authenticated Kubernetes client.
+    Apiserver(ApiserverProbeSpec),
+    /// Objects of one kind, kept current by a watch, reduced to one value by a CEL
+    /// expression and an aggregation.
+    Resource(ResourceProbeSpec),
+    /// Kubernetes Events, kept current by a watch: repeats and warnings during the run.
+    Events(EventsProbeSpec),
 }
 
 impl ProbeSpec {
@@ -106,7 +113,18 @@ impl ProbeSpec {
             ProbeSpec::Tcp(_) => "tcp",
             ProbeSpec::Dns(_) => "dns",
             ProbeSpec::Metrics(_) => "metrics",
+            ProbeSpec::Apiserver(_) => "apiserver",
+            ProbeSpec::Resource(_) => "resource",
+            ProbeSpec::Events(_) => "events",
         }
+    }
+
+    /// Whether the probe talks to the Kubernetes API through the agent's credentials.
+    pub fn needs_kubernetes(&self) -> bool {
+        matches!(
+            self,
+            ProbeSpec::Apiserver(_) | ProbeSpec::Resource(_) | ProbeSpec::Events(_)
+        )
     }
 
     /// The target as a short human-readable string (URL, address or name).
@@ -116,6 +134,29 @@ impl ProbeSpec {
             ProbeSpec::Tcp(t) => t.address.clone(),
             ProbeSpec::Dns(d) => d.name.clone(),
             ProbeSpec::Metrics(m) => format!("{} {}", m.http.url, m.selector),
+            ProbeSpec::Apiserver(a) => match &a.series {
+                Some(series) => format!("{} {series}", a.path),
+                None => a.path.clone(),
+            },
+            ProbeSpec::Resource(r) => format!(
+                "{}: {}({})",
+                r.watch_description(),
+                r.aggregation.as_str(),
+                r.expression.as_str()
+            ),
+            ProbeSpec::Events(e) => {
+                let mut s = format!("{} events", e.measure.as_str());
+                if let Some(ns) = &e.namespace {
+                    s.push_str(&format!(" in {ns}"));
+                }
+                if !e.reasons.is_empty() {
+                    s.push_str(&format!(", reasons {}", e.reasons.join(", ")));
+                }
+                if !e.exclude_reasons.is_empty() {
+                    s.push_str(&format!(", excluding {}", e.exclude_reasons.join(", ")));
+                }
+                s
+            }
         }
     }
 }
@@ -310,6 +351,123 @@ pub struct MetricsProbeSpec {
     pub selector: MetricSelector,
     /// How to reduce them to one value.
     pub aggregation: Aggregation,
+}
+
+/// A GET of an API server path through the agent's Kubernetes client (its credentials,
+/// CA and server come from the kubeconfig or the pod's ServiceAccount).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiserverProbeSpec {
+    /// Path with an optional query, e.g. `/readyz` or
+    /// `/api/v1/namespaces/default?resourceVersion=0`.
+    pub path: String,
+    /// New connection per sample, or reused.
+    pub connection: ConnectionMode,
+    /// Optional body match.
+    pub body_match: Option<BodyMatch>,
+    /// When set, the body is Prometheus text and these series are the sample's value.
+    pub series: Option<MetricSelector>,
+    /// How to reduce the selected series to one value (with `series` only).
+    pub aggregation: Aggregation,
+    /// Largest body read; a longer body fails the sample with `body_too_large`.
+    pub max_body_bytes: usize,
+}
+
+/// Objects of one kind, watched, each evaluated by a CEL expression, aggregated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceProbeSpec {
+    /// `v1` or `group/version`, e.g. `apps/v1`.
+    pub api_version: String,
+    /// The kind, e.g. `Node`.
+    pub kind: String,
+    /// Only objects in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Label selector, as `kubectl get -l` takes it.
+    pub label_selector: Option<String>,
+    /// Field selector, as `kubectl get --field-selector` takes it.
+    pub field_selector: Option<String>,
+    /// Evaluated on each object (bound to `object`): a number, or a boolean as 1/0.
+    pub expression: crate::kube::cel::CelExpression,
+    /// How the objects' values become the sample's value.
+    pub aggregation: ResourceAggregation,
+}
+
+/// How a `resource` probe reduces its objects' values to one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceAggregation {
+    /// Sum of the current objects' values (0 for no objects).
+    Sum,
+    /// Largest value (absent for no objects).
+    Max,
+    /// Smallest value (absent for no objects).
+    Min,
+    /// Number of objects whose value is true or non-zero.
+    Count,
+    /// Sum over every object seen during the run, objects deleted (or replaced under the
+    /// same name) since counting at their last value: a counter kept on objects, such as
+    /// restart counts, that object deletions do not decrease.
+    CumulativeSum,
+}
+
+impl ResourceAggregation {
+    /// The name used in the invariant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceAggregation::Sum => "sum",
+            ResourceAggregation::Max => "max",
+            ResourceAggregation::Min => "min",
+            ResourceAggregation::Count => "count",
+            ResourceAggregation::CumulativeSum => "cumulativeSum",
+        }
+    }
+}
+
+impl ResourceProbeSpec {
+    /// The watched objects, e.g. `v1 Pod in kube-system -l k8s-app=kube-dns`.
+    pub fn watch_description(&self) -> String {
+        let mut s = format!("{} {}", self.api_version, self.kind);
+        if let Some(ns) = &self.namespace {
+            s.push_str(&format!(" in {ns}"));
+        }
+        if let Some(l) = &self.label_selector {
+            s.push_str(&format!(" -l {l}"));
+        }
+        if let Some(f) = &self.field_selector {
+            s.push_str(&format!(" --field-selector {f}"));
+        }
+        s
+    }
+}
+
+/// What an `events` probe reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsMeasure {
+    /// The highest number of times any (reason, involved object) pair occurred in the run.
+    MaxRepeats,
+    /// How many times Warning events occurred in the run.
+    Warnings,
+}
+
+impl EventsMeasure {
+    /// The name used in the invariant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventsMeasure::MaxRepeats => "maxRepeats",
+            EventsMeasure::Warnings => "warnings",
+        }
+    }
+}
+
+/// Kubernetes Events (core/v1) seen during the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventsProbeSpec {
+    /// What the sample's value is.
+    pub measure: EventsMeasure,
+    /// Only events in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Only events with one of these reasons count; every reason when empty.
+    pub reasons: Vec<String>,
+    /// Events with these reasons never count.
+    pub exclude_reasons: Vec<String>,
 }
 
 /// When an invariant holds. Every condition is evaluated on timestamped samples.

@@ -3,7 +3,8 @@
 //! Starts a small HTTP server and a TCP listener on loopback that misbehave on a fixed
 //! schedule, watches them with the embedded `invariants.yaml`, and prints the report, so
 //! a newcomer sees samples, violations and a report within a minute, with no cluster and
-//! no collector.
+//! no collector. The gRPC API is on (127.0.0.1:9465 unless `--grpc-listen` says
+//! otherwise), so the run can be followed live from another terminal.
 
 mod server;
 
@@ -20,7 +21,13 @@ pub const INVARIANTS: &str = include_str!("invariants.yaml");
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 /// Runs the demo and returns the exit code.
-pub fn run(common: CommonRunArgs) -> ExitCode {
+pub fn run(mut common: CommonRunArgs) -> ExitCode {
+    if common.api.grpc_listen.is_none() {
+        // The default address may be taken (another demo running): then the demo runs
+        // without its API rather than failing.
+        common.api.grpc_listen = crate::api::DEMO_LISTEN.parse().ok();
+        common.api.listen_optional = true;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,6 +68,12 @@ pub fn run(common: CommonRunArgs) -> ExitCode {
         set.invariants.len(),
         humantime::format_duration(common.duration.unwrap_or(DEFAULT_DURATION)),
     );
+    if let Some(addr) = common.api.grpc_listen {
+        eprintln!(
+            "demo: follow the run live from another terminal with `invariant-agent tail --addr \
+             {addr}` (the gRPC API; off with a warning if the port is taken)."
+        );
+    }
     let options = cli::run_options(
         set,
         vec!["<embedded demo invariants>".to_string()],

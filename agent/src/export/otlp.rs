@@ -319,13 +319,15 @@ struct Source {
 
 impl Source {
     /// Calls `f(index, point)` for every invariant of the newest snapshot whose name
-    /// matches the file order (always, unless something is badly wrong).
+    /// matches the file order (always, unless something is badly wrong) and whose series
+    /// this agent exports now (see [`series::exported`]).
     fn each(&self, mut f: impl FnMut(usize, &Point)) {
         let Some(report): Option<Arc<Report>> = self.snapshots.borrow().clone() else {
             return;
         };
         for (i, (entry, name)) in report.invariants.iter().zip(&self.attrs.names).enumerate() {
-            if entry.name == *name {
+            // A cluster-scoped invariant another agent runs now is that agent's to export.
+            if entry.name == *name && series::exported(&report, entry) {
                 f(i, &Point::from_report(entry));
             }
         }
@@ -424,6 +426,19 @@ impl Instruments {
                             o.observe(v, &s.attrs.base[i]);
                         }
                     })
+                })
+                .build(),
+        ));
+        let s = source.clone();
+        observable.push(Box::new(
+            meter
+                .i64_observable_gauge(series::LEADER.otel)
+                .with_description(series::LEADER.help)
+                .with_callback(move |o: &dyn AsyncInstrument<i64>| {
+                    let report = s.snapshots.borrow().clone();
+                    if let Some(leader) = report.as_deref().and_then(series::leader_value) {
+                        o.observe(leader, &[]);
+                    }
                 })
                 .build(),
         ));

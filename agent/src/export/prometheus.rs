@@ -166,16 +166,26 @@ fn unit(metric: &MetricInfo) -> Option<Unit> {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let report = self.snapshots.borrow().clone();
-        // Points in file order; an entry whose name does not line up is left out.
+        // Points in file order; an entry whose name does not line up is left out, and so
+        // is a cluster-scoped invariant that another agent runs now.
         let points: Vec<Option<Point>> = self
             .identities
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let entry = report.as_ref()?.invariants.get(i)?;
-                (entry.name == id.name).then(|| Point::from_report(entry))
+                let report = report.as_ref()?;
+                let entry = report.invariants.get(i)?;
+                (entry.name == id.name && series::exported(report, entry))
+                    .then(|| Point::from_report(entry))
             })
             .collect();
+        let hidden = |i: usize| {
+            report.as_ref().is_some_and(|r| {
+                r.invariants
+                    .get(i)
+                    .is_some_and(|entry| !series::exported(r, entry))
+            })
+        };
         let rows = || {
             self.identities
                 .iter()
@@ -195,6 +205,11 @@ impl Collector for SnapshotCollector {
             m.encode_info(&self.target_info)?;
         }
 
+        if let Some(leader) = report.as_deref().and_then(series::leader_value) {
+            let u = unit(&series::LEADER);
+            descriptor(&mut encoder, &series::LEADER, &u)?.encode_gauge(&leader)?;
+        }
+
         let u = unit(&series::SAMPLES);
         let mut m = descriptor(&mut encoder, &series::SAMPLES, &u)?;
         for (_, attrs, p) in rows() {
@@ -208,6 +223,9 @@ impl Collector for SnapshotCollector {
         let u = unit(&series::PROBE_DURATION);
         let mut m = descriptor(&mut encoder, &series::PROBE_DURATION, &u)?;
         for (i, id) in self.identities.iter().enumerate() {
+            if hidden(i) {
+                continue;
+            }
             for (k, outcome) in DURATION_OUTCOMES.iter().enumerate() {
                 if let Some(h) = self.durations.read(i, k) {
                     let labels = (&id.attributes[..], [(ATTR_OUTCOME, *outcome)]);
@@ -487,6 +505,62 @@ invariants:
         );
         assert!(!text.contains("invariant_availability_ratio{invariant=\"queue\""));
         assert!(!text.contains("no answer"), "error text is never a label");
+        assert!(
+            !text.contains("invariant_agent_leader"),
+            "no leader gauge without leader election"
+        );
+    }
+
+    /// Under leader election the leader gauge says whether this agent leads, and a
+    /// cluster-scoped invariant's series come only from the leader.
+    #[test]
+    fn only_the_leader_exports_cluster_scoped_series() {
+        let file = format!(
+            "{FILE}  - name: api\n    description: d\n    owner: sig-c\n    scope: cluster\n    probe:\n      http: {{url: \"http://127.0.0.1:1/api\"}}\n    condition:\n      availability: {{target: 100, window: 1m}}\n"
+        );
+        let set = crate::config::parse_str("t.yaml", &file).unwrap();
+        let mut engine = Engine::new(
+            &set,
+            RunMeta {
+                id: "r1".into(),
+                started_at: Timestamp(0),
+                config_files: vec![],
+                node: None,
+            },
+        );
+        let (_leading, rx) = watch::channel(false);
+        engine.follow_leadership("ns/l", "me", rx);
+        engine.set_leading(true, Timestamp(0));
+        let durations = Arc::new(DurationHistograms::new(3));
+        for invariant in [0, 2] {
+            let sample = Sample {
+                at: Timestamp(100),
+                latency: Duration::from_millis(3),
+                observation: Observation::Ok { value: None },
+            };
+            durations.record(invariant, sample.outcome(), 0.003);
+            engine.handle(Event::Sample { invariant, sample });
+        }
+        let (tx, rx) = watch::channel(None);
+        let exposition = Exposition::new(&series::identities(&set), rx, durations, &[]);
+
+        tx.send_replace(Some(Arc::new(
+            engine.report(Timestamp(1000), RunStatus::Running),
+        )));
+        let text = exposition.render(Format::Text).unwrap();
+        assert!(text.contains("\ninvariant_agent_leader 1\n"), "{text}");
+        assert!(text.contains("invariant_state{invariant=\"api\",owner=\"sig-c\"} 1"));
+        assert!(text.contains("invariant_probe_duration_seconds_count{invariant=\"api\""));
+
+        engine.set_leading(false, Timestamp(2000));
+        tx.send_replace(Some(Arc::new(
+            engine.report(Timestamp(3000), RunStatus::Running),
+        )));
+        let text = exposition.render(Format::Text).unwrap();
+        assert!(text.contains("\ninvariant_agent_leader 0\n"), "{text}");
+        assert!(!text.contains("invariant=\"api\""), "{text}");
+        assert!(text.contains("invariant_state{invariant=\"web\",owner=\"sig-a\",tier=\"1\"} 1"));
+        assert!(text.contains("invariant_probe_duration_seconds_count{invariant=\"web\""));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::InvariantSet;
 use crate::eval::State;
-use crate::report::InvariantReport;
+use crate::report::{InvariantReport, Report};
 use crate::sample::Outcome;
 
 /// What kind of instrument a metric is.
@@ -122,8 +122,18 @@ pub const AVAILABILITY: MetricInfo = MetricInfo {
     help: "Share of good samples over the availability condition's window (0..1); only for availability conditions.",
 };
 
+/// `invariant.agent.leader`: whether this agent runs the cluster-scoped invariants.
+pub const LEADER: MetricInfo = MetricInfo {
+    otel: "invariant.agent.leader",
+    unit: "",
+    prometheus: "invariant_agent_leader",
+    prometheus_unit: None,
+    kind: Kind::Gauge,
+    help: "1 while this agent holds the leader election's Lease and runs the cluster-scoped invariants, 0 while another agent does; only with --leader-elect.",
+};
+
 /// Every metric the agent exports, in a fixed order.
-pub const METRICS: [MetricInfo; 7] = [
+pub const METRICS: [MetricInfo; 8] = [
     SAMPLES,
     PROBE_DURATION,
     VALUE,
@@ -131,7 +141,28 @@ pub const METRICS: [MetricInfo; 7] = [
     VIOLATIONS,
     DISRUPTION,
     AVAILABILITY,
+    LEADER,
 ];
+
+/// Whether this agent exports the series of `entry` (an invariant of `report`) now:
+/// always, except that under leader election a cluster-scoped invariant's series come
+/// only from the agent that leads. A former leader's values stay frozen once it stops
+/// sampling; exported beside the new leader's, they would contradict them (a `violated`
+/// state that never ends), so they disappear as the new leader's appear.
+pub fn exported(report: &Report, entry: &InvariantReport) -> bool {
+    entry.scope != crate::config::spec::Scope::Cluster.as_str()
+        || report.run.leadership.as_ref().is_none_or(|l| l.leading())
+}
+
+/// The value of `invariant.agent.leader` in `report`: 1 while this agent leads, 0 while
+/// it does not; `None` without leader election.
+pub fn leader_value(report: &Report) -> Option<i64> {
+    report
+        .run
+        .leadership
+        .as_ref()
+        .map(|l| i64::from(l.leading()))
+}
 
 /// Attribute naming the invariant.
 pub const ATTR_INVARIANT: &str = "invariant";
@@ -369,6 +400,7 @@ mod tests {
                 "invariant_violations_total",
                 "invariant_disruption_seconds_total",
                 "invariant_availability_ratio",
+                "invariant_agent_leader",
             ]
         );
     }

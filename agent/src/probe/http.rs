@@ -272,7 +272,7 @@ pub fn status_error(status: StatusCode, expected: &[StatusRange]) -> ProbeError 
 }
 
 /// Checks the body (as lossy UTF-8) against the configured match.
-fn check_body(body: &[u8], matcher: &BodyMatch) -> Result<(), ProbeError> {
+pub(crate) fn check_body(body: &[u8], matcher: &BodyMatch) -> Result<(), ProbeError> {
     let text = String::from_utf8_lossy(body);
     let (ok, what) = match matcher {
         BodyMatch::Substring(s) => (text.contains(s.as_str()), format!("does not contain {s:?}")),

@@ -309,7 +309,12 @@ mod tests {
     }
 
     async fn observe_spec(spec: &ProbeSpec) -> Observation {
-        guarded(crate::probe::build(spec).unwrap().observe()).await
+        guarded(
+            crate::probe::build(spec, &Default::default())
+                .unwrap()
+                .observe(),
+        )
+        .await
     }
 
     #[tokio::test]

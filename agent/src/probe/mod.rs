@@ -7,16 +7,22 @@
 //! parsing URLs, reading the system DNS configuration), so a run never starts with a probe
 //! that could only ever fail. Whatever comes from the network afterwards is a failed
 //! sample, never a panic.
+//!
+//! Probes share what a [`ProbeContext`] holds: for the Kubernetes probes (`apiserver`,
+//! `resource`, `events`, in [`crate::kube`]) the API server clients and the watches,
+//! so invariants on the same objects share one watch.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::config::InvariantSet;
 use crate::config::spec::ProbeSpec;
+use crate::kube::{ClientError, KubeArgs, KubeContext};
 use crate::sample::Observation;
 
-mod classify;
+pub(crate) mod classify;
 pub mod dns;
 pub mod http;
 pub mod metrics;
@@ -130,6 +136,12 @@ pub enum BuildError {
         /// hickory's reason.
         reason: String,
     },
+    /// A Kubernetes probe was built without Kubernetes access (a bug in the caller).
+    #[error(
+        "this probe needs Kubernetes access, which this command did not set up (a bug; \
+         please report it)"
+    )]
+    NoKubernetes,
     /// A label matcher's regular expression cannot be anchored and compiled.
     #[error("label matcher regex {regex:?} for {label:?}: {reason}")]
     MatcherRegex {
@@ -142,12 +154,48 @@ pub enum BuildError {
     },
 }
 
-/// Builds the probe that `spec` describes.
-pub fn build(spec: &ProbeSpec) -> Result<Arc<dyn Probe>, BuildError> {
+/// What probes of one run share.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeContext {
+    kube: Option<KubeContext>,
+}
+
+impl ProbeContext {
+    /// The context for `set`: Kubernetes clients from `kube` when some invariant needs
+    /// them (an error when no credentials can be found), nothing otherwise.
+    pub async fn new(set: &InvariantSet, kube: &KubeArgs) -> Result<Self, ClientError> {
+        let needs_kubernetes = set.invariants.iter().any(|i| i.probe.needs_kubernetes());
+        if !needs_kubernetes {
+            return Ok(ProbeContext::default());
+        }
+        Ok(ProbeContext {
+            kube: Some(KubeContext::connect(kube).await?),
+        })
+    }
+
+    /// A context with the given Kubernetes access.
+    pub fn with_kube(kube: KubeContext) -> Self {
+        ProbeContext { kube: Some(kube) }
+    }
+
+    /// The Kubernetes access, when set up.
+    pub fn kube(&self) -> Option<&KubeContext> {
+        self.kube.as_ref()
+    }
+}
+
+/// Builds the probe that `spec` describes, sharing what `context` holds.
+pub fn build(spec: &ProbeSpec, context: &ProbeContext) -> Result<Arc<dyn Probe>, BuildError> {
+    let kube = || context.kube.as_ref().ok_or(BuildError::NoKubernetes);
     Ok(match spec {
         ProbeSpec::Http(s) => Arc::new(http::HttpProbe::new(s)?),
         ProbeSpec::Tcp(s) => Arc::new(tcp::TcpProbe::new(s)?),
         ProbeSpec::Dns(s) => Arc::new(dns::DnsProbe::new(s)?),
         ProbeSpec::Metrics(s) => Arc::new(metrics::MetricsProbe::new(s)?),
+        ProbeSpec::Apiserver(s) => {
+            Arc::new(crate::kube::apiserver::ApiserverProbe::new(s, kube()?)?)
+        }
+        ProbeSpec::Resource(s) => Arc::new(crate::kube::resource::ResourceProbe::new(s, kube()?)),
+        ProbeSpec::Events(s) => Arc::new(crate::kube::events::EventsProbe::new(s, kube()?)),
     })
 }

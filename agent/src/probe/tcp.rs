@@ -133,10 +133,13 @@ mod tests {
     use crate::probe::testutil::*;
 
     async fn observe_tcp(address: &str, tls: Option<TlsSpec>) -> Observation {
-        let probe = build(&ProbeSpec::Tcp(TcpProbeSpec {
-            address: address.to_string(),
-            tls,
-        }))
+        let probe = build(
+            &ProbeSpec::Tcp(TcpProbeSpec {
+                address: address.to_string(),
+                tls,
+            }),
+            &Default::default(),
+        )
         .unwrap();
         guarded(probe.observe()).await
     }

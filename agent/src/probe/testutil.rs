@@ -287,7 +287,7 @@ pub async fn guarded(observation: impl Future<Output = Observation>) -> Observat
 
 /// Builds an HTTP probe and observes once.
 pub async fn observe(spec: &HttpProbeSpec) -> Observation {
-    let probe = build(&ProbeSpec::Http(spec.clone())).unwrap();
+    let probe = build(&ProbeSpec::Http(spec.clone()), &Default::default()).unwrap();
     guarded(probe.observe()).await
 }
 

@@ -184,6 +184,7 @@ invariants:
             duration_seconds: 100.0,
             config_files: vec![],
             node: None,
+            leadership: None,
         };
         let inv = InvariantReport::new(&set.invariants[0], summary(intervals));
         Report::new(run, vec![inv]).with_annotations(tests.iter().map(|&(name, s, e)| Annotation {

@@ -1,6 +1,8 @@
-//! The `report` command (render, compare and describe saved reports) and the report flags
-//! of `run` and `demo`.
+//! The `report` command (fetch the report from a running agent; render, compare and
+//! describe saved reports) and the report flags of `run` and `demo`.
 //!
+//! `report --addr ADDR -o FILE [--format json|junit|html|md]` asks a running agent for
+//! its report as it is now (GetReport) and writes it atomically (`-o -`: standard output).
 //! `report render --from report.json --format html|junit|md|ndjson|json|text` renders a
 //! saved report (also a checkpoint of a run that was cut short, or one pulled from a
 //! running agent: `--from -` reads standard input) in any format, optionally adding test
@@ -17,9 +19,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::compare::{self, CompareOptions};
 use super::junit::JunitMode;
 use super::{Annotation, Report, ginkgo};
+use crate::api::client::{self, ConnectArgs};
+use crate::api::proto::ReportFormat;
+use crate::cli::remote;
 
 /// Exit code for unusable input (a report or Ginkgo file that cannot be read).
 const EXIT_FAILURE: u8 = 1;
+/// Exit code for a bad command line (as clap's).
+const EXIT_USAGE: u8 = 2;
 /// Exit code of `compare --fail-on-regression` when a regression was found.
 pub const EXIT_REGRESSION: u8 = 3;
 
@@ -53,12 +60,72 @@ pub struct ReportRunArgs {
     pub tests_from: Vec<PathBuf>,
 }
 
-/// `invariant-agent report ...`.
+const REPORT_AFTER_HELP: &str = "\
+Two forms:
+  report [--addr ADDR] -o FILE [--format json|junit|html|md]
+      fetch the report of a running agent (run --grpc-listen ADDR, or demo) as it is now
+  report render|compare|schema ...
+      work on saved report files (invariant-agent report <COMMAND> --help)
+
+Exit codes: 0 success; 1 unreadable input or the agent cannot be reached; 2 bad usage;
+3 compare --fail-on-regression found a regression.
+
+Examples:
+  invariant-agent report --addr 127.0.0.1:9465 -o report.json
+  invariant-agent report --addr 10.0.0.5:9465 --token-file token --format html -o report.html
+  invariant-agent report -o - | jq -r '.invariants[] | select(.verdict == \"violated\") | .name'
+  invariant-agent report render --from invariant-report/report.json --format html --to report.html
+  invariant-agent report compare --baseline past-reports/ invariant-report/report.json";
+
+/// `invariant-agent report ...`: without a subcommand, fetch from a running agent.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, after_help = REPORT_AFTER_HELP)]
 pub struct ReportCommand {
-    /// What to do with reports.
+    /// Fetch the report from a running agent (the form without a subcommand).
+    #[command(flatten, next_help_heading = "Fetch from a running agent")]
+    pub fetch: FetchArgs,
+    /// Work on saved reports instead.
     #[command(subcommand)]
-    pub command: ReportSubcommand,
+    pub command: Option<ReportSubcommand>,
+}
+
+/// Flags of `report --addr ADDR -o FILE`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// How to reach the agent.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Write the fetched report here, atomically (`-` for standard output). Required
+    /// for this form.
+    #[arg(short = 'o', long = "to", value_name = "FILE")]
+    pub to: Option<PathBuf>,
+    /// Form of the fetched report.
+    #[arg(long, value_enum, default_value_t = FetchFormat::Json)]
+    pub format: FetchFormat,
+}
+
+/// Forms of `report --addr` (those the agent renders, see GetReport).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchFormat {
+    /// report.json itself.
+    Json,
+    /// JUnit XML, one testcase per invariant (in the agent's --junit-mode).
+    Junit,
+    /// Self-contained HTML page with a zoomable timeline.
+    Html,
+    /// Markdown summary and violations.
+    Md,
+}
+
+impl From<FetchFormat> for ReportFormat {
+    fn from(format: FetchFormat) -> Self {
+        match format {
+            FetchFormat::Json => ReportFormat::Json,
+            FetchFormat::Junit => ReportFormat::Junit,
+            FetchFormat::Html => ReportFormat::Html,
+            FetchFormat::Md => ReportFormat::Markdown,
+        }
+    }
 }
 
 /// The `report` subcommands.
@@ -180,9 +247,12 @@ fn parse_probability(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Runs a `report` subcommand and returns the exit code.
+/// Runs `report` (the fetch form, or a subcommand) and returns the exit code.
 pub fn execute(command: ReportCommand) -> ExitCode {
-    let result = match command.command {
+    let Some(subcommand) = command.command else {
+        return fetch(command.fetch);
+    };
+    let result = match subcommand {
         ReportSubcommand::Render(args) => render(args),
         ReportSubcommand::Compare(args) => compare_command(args),
         ReportSubcommand::Schema(args) => {
@@ -231,6 +301,37 @@ fn render(args: RenderArgs) -> Result<ExitCode, String> {
     };
     write_output(args.to.as_deref(), &bytes)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report --addr ADDR -o FILE`: asks the agent for its report and writes it.
+fn fetch(args: FetchArgs) -> ExitCode {
+    // Checked here rather than by clap, whose message would not mention the other form.
+    let Some(to) = args.to.clone() else {
+        eprintln!(
+            "error: `report` needs -o FILE to fetch the report of a running agent, or a \
+             subcommand (render, compare, schema) for saved reports; see `invariant-agent \
+             report --help`"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    remote::run_client(async move {
+        let mut agent = match client::connect(&args.connect).await {
+            Ok(agent) => agent,
+            Err(e) => return remote::fail(&e),
+        };
+        let report = match agent.report(args.format.into()).await {
+            Ok(report) => report,
+            Err(e) => return remote::fail(&e),
+        };
+        let to = Some(to.as_path()).filter(|path| *path != Path::new("-"));
+        match write_output(to, &report.content) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    })
 }
 
 fn write_output(to: Option<&Path>, bytes: &[u8]) -> Result<(), String> {

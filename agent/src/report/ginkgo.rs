@@ -64,6 +64,10 @@ struct SpecReport {
     #[serde(default, deserialize_with = "null_as_default")]
     container_hierarchy_texts: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
+    container_hierarchy_labels: Vec<Vec<String>>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    leaf_node_labels: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
     leaf_node_type: String,
     #[serde(default, deserialize_with = "null_as_default")]
     leaf_node_text: String,
@@ -76,7 +80,11 @@ struct SpecReport {
 }
 
 impl SpecReport {
-    /// Ginkgo's `FullText()`.
+    /// The name a test is known by everywhere in the agent: Ginkgo's `FullText()` (what
+    /// `--ginkgo.focus` matches), then its labels as Ginkgo prints them, e.g.
+    /// `[sig-node] Pods should restart [Disruptive, Slow]`. The Go client's
+    /// `invariantginkgo.SpecName` builds the same name, so live annotations and
+    /// `--tests-from` agree and `expectedDisruptions` patterns can match labels.
     fn full_text(&self) -> String {
         let mut parts: Vec<&str> = self
             .container_hierarchy_texts
@@ -86,7 +94,26 @@ impl SpecReport {
         if !self.leaf_node_text.is_empty() {
             parts.push(&self.leaf_node_text);
         }
-        parts.join(" ")
+        let mut name = parts.join(" ");
+        let labels = self.labels();
+        if !labels.is_empty() {
+            name.push_str(" [");
+            name.push_str(&labels.join(", "));
+            name.push(']');
+        }
+        name.trim().to_string()
+    }
+
+    /// Ginkgo's `Labels()`: container labels then leaf labels, first occurrence kept.
+    fn labels(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all = self.container_hierarchy_labels.iter().flatten();
+        for label in all.chain(&self.leaf_node_labels) {
+            if !out.contains(&label.as_str()) {
+                out.push(label);
+            }
+        }
+        out
     }
 }
 
@@ -221,8 +248,9 @@ mod tests {
       {
         "ContainerHierarchyTexts": ["[sig-node] Pods", "when rebooted"],
         "ContainerHierarchyLocations": [{"FileName": "pods.go", "LineNumber": 10}],
+        "ContainerHierarchyLabels": [["Serial"], ["Disruptive"]],
         "LeafNodeType": "It",
-        "LeafNodeLabels": ["Disruptive"],
+        "LeafNodeLabels": ["Disruptive", "Slow"],
         "LeafNodeText": "should come back [Disruptive]",
         "State": "failed",
         "StartTime": "2026-03-01T11:00:10.5+01:00",
@@ -255,7 +283,8 @@ mod tests {
         assert_eq!(a[2].kind, AnnotationKind::Test);
         assert_eq!(
             a[2].name,
-            "[sig-node] Pods when rebooted should come back [Disruptive]"
+            "[sig-node] Pods when rebooted should come back [Disruptive] [Serial, Disruptive, Slow]",
+            "labels follow the text as Ginkgo prints them, each once, containers first"
         );
         assert_eq!(a[2].start.to_rfc3339(), "2026-03-01T10:00:10.500Z");
         assert_eq!(a[2].end.unwrap().to_rfc3339(), "2026-03-01T10:00:20.250Z");

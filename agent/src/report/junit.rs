@@ -153,10 +153,13 @@ fn testcase(out: &mut String, report: &Report, i: &InvariantReport, mode: JunitM
             let _ = writeln!(
                 out,
                 "      <skipped message=\"{}\"/>",
-                attr(&format!(
-                    "not examined: no sample of {} could be judged (no samples, or only absent series); this is not a pass",
-                    i.name
-                ))
+                attr(&match &i.note {
+                    Some(note) => format!("not examined: {note}"),
+                    None => format!(
+                        "not examined: no sample of {} could be judged (no samples, or only absent series); this is not a pass",
+                        i.name
+                    ),
+                })
             );
         }
         _ => {}

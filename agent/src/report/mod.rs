@@ -118,6 +118,49 @@ pub struct RunInfo {
     pub config_files: Vec<String>,
     /// Host the agent ran on (`$NODE_NAME` when set, else the host name).
     pub node: Option<String>,
+    /// Leader election (`--leader-elect` with cluster-scoped invariants): when this agent
+    /// led and so ran the cluster-scoped invariants. `None` without leader election,
+    /// where this agent ran every invariant all along.
+    #[serde(default)]
+    pub leadership: Option<Leadership>,
+}
+
+/// When this agent held the leader election's Lease, and so ran the cluster-scoped
+/// invariants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    /// The Lease, `namespace/name`.
+    pub lease: String,
+    /// This agent's identity in the Lease (its `holderIdentity` while it leads).
+    pub identity: String,
+    /// The intervals this agent led, oldest first; the last one's `end` is `None` while
+    /// it leads (in a report of a completed run, intervals end by the run's end).
+    pub intervals: Vec<LeadershipInterval>,
+}
+
+/// One stretch of time this agent led.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadershipInterval {
+    /// When this agent took the Lease.
+    pub start: Timestamp,
+    /// When it stopped leading; `None` while it leads.
+    #[serde(default)]
+    pub end: Option<Timestamp>,
+}
+
+impl Leadership {
+    /// Whether this agent leads (its last interval is open).
+    pub fn leading(&self) -> bool {
+        self.intervals.last().is_some_and(|i| i.end.is_none())
+    }
+
+    /// Time this agent led up to `now`.
+    pub fn led_for(&self, now: Timestamp) -> std::time::Duration {
+        self.intervals
+            .iter()
+            .map(|i| i.end.unwrap_or(now).since(i.start))
+            .sum()
+    }
 }
 
 /// Where a run happened, from the CI environment and the command line.
@@ -241,6 +284,11 @@ pub struct InvariantReport {
     /// Violation intervals that overlapped a test expected to disrupt the invariant.
     #[serde(default)]
     pub expected_violations: u64,
+    /// Why the invariant was sampled only part of the run or not at all, when that was
+    /// by design: a cluster-scoped invariant under leader election runs only while this
+    /// agent leads. `None` otherwise.
+    #[serde(default)]
+    pub note: Option<String>,
     /// What the evaluator measured.
     #[serde(flatten)]
     pub summary: Summary,
@@ -271,6 +319,7 @@ impl InvariantReport {
             verdict: Verdict::NotExamined,
             unexpected_violations: 0,
             expected_violations: 0,
+            note: None,
             summary,
         };
         entry.judge();

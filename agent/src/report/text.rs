@@ -23,6 +23,23 @@ pub fn render(report: &Report) -> String {
         );
     }
     out.push('\n');
+    if let Some(l) = &run.leadership {
+        let led = match l.intervals.len() {
+            0 => "never led, so it ran no cluster-scoped invariant".to_string(),
+            n => format!(
+                "led {} in {n} interval{}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    l.led_for(report.end_time()).as_secs()
+                )),
+                if n == 1 { "" } else { "s" }
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "leader election: Lease {} as {}: {led}",
+            l.lease, l.identity
+        );
+    }
     let rows = report.by_severity();
     let width = rows.iter().map(|i| i.name.len()).max().unwrap_or(4).max(9);
     let _ = writeln!(

@@ -1,0 +1,208 @@
+//! `invariant.v1.AgentService`: each RPC checks its request, then reads the feed or asks
+//! the engine (through its command channel, in order) and answers. Handlers never touch
+//! evaluation state themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use super::feed::Feed;
+use super::proto::agent_service_server::AgentService;
+use super::{MAX_MESSAGE_BYTES, convert, proto, tail};
+use crate::engine::{Command, Snapshots};
+use crate::report::junit::JunitMode;
+use crate::report::{Report, RunStatus};
+use crate::sample::Timestamp;
+
+/// Most Tail streams open at once across all clients; each holds a little memory and a
+/// share of the fan-out work.
+pub const MAX_TAILERS: usize = 1024;
+
+/// How long a call waits for the final report once the run is ending.
+const FINAL_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// The service: handles to the feed, the engine and its snapshots.
+pub struct AgentApi {
+    feed: Feed,
+    commands: mpsc::Sender<Command>,
+    snapshots: Snapshots,
+    junit_mode: JunitMode,
+    tailers: Arc<Semaphore>,
+}
+
+impl AgentApi {
+    /// The service over `feed`, sending commands to the engine on `commands` and reading
+    /// its `snapshots`; JUnit reports are rendered in `junit_mode`.
+    pub fn new(
+        feed: Feed,
+        commands: mpsc::Sender<Command>,
+        snapshots: Snapshots,
+        junit_mode: JunitMode,
+    ) -> Self {
+        AgentApi {
+            feed,
+            commands,
+            snapshots,
+            junit_mode,
+            tailers: Arc::new(Semaphore::new(MAX_TAILERS)),
+        }
+    }
+
+    /// A report built now by the engine; once the run has ended, the final report.
+    async fn report(&self) -> Result<Arc<Report>, Status> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Report(reply)).await.is_ok()
+            && let Ok(report) = answer.await
+        {
+            return Ok(report);
+        }
+        // The engine has stopped taking commands: the run is ending, and its last
+        // published report is (or is about to be) the final one.
+        let mut snapshots = self.snapshots.clone();
+        let completed = |r: &Option<Arc<Report>>| {
+            r.as_ref()
+                .is_some_and(|r| r.run.status == RunStatus::Completed)
+        };
+        let _ = tokio::time::timeout(FINAL_REPORT_WAIT, snapshots.wait_for(completed)).await;
+        let latest = snapshots.borrow().clone();
+        latest.ok_or_else(|| Status::unavailable("the agent has no report yet; retry in a second"))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type TailStream = tail::TailStream;
+
+    async fn tail(
+        &self,
+        request: Request<proto::TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let plan = tail::plan(request.get_ref(), &self.feed)?;
+        let permit = self.tailers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_TAILERS} Tail streams are open on this agent, the most it serves; \
+                 close some (or follow fewer invariants per stream) and retry"
+            ))
+        })?;
+        Ok(Response::new(tail::stream(
+            &self.feed,
+            plan,
+            &self.snapshots,
+            permit,
+        )))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::GetStatusResponse>, Status> {
+        let report = self.report().await?;
+        let live = self.feed.live();
+        let invariants = self
+            .feed
+            .declarations()
+            .iter()
+            .zip(&live)
+            .zip(&report.invariants)
+            .map(|((declaration, live), entry)| {
+                let mut status = declaration.clone();
+                live.apply(&declaration.name, &mut status);
+                // The report is as fresh as the live state and is what report.json says.
+                convert::apply_report(&mut status, entry);
+                status
+            })
+            .collect();
+        Ok(Response::new(proto::GetStatusResponse {
+            run: Some(self.feed.run_info().clone()),
+            invariants,
+        }))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<proto::GetReportRequest>,
+    ) -> Result<Response<proto::GetReportResponse>, Status> {
+        let wire = request.get_ref().format;
+        let format = proto::ReportFormat::try_from(wire).map_err(|_| {
+            Status::invalid_argument(format!(
+                "report format {wire} is not supported: use REPORT_FORMAT_JSON (1), \
+                 REPORT_FORMAT_JUNIT (2), REPORT_FORMAT_HTML (3) or REPORT_FORMAT_MARKDOWN (4)"
+            ))
+        })?;
+        let report = self.report().await?;
+        let junit_mode = self.junit_mode;
+        // Rendering a large report takes milliseconds: keep it off the thread that
+        // streams to tailers.
+        let rendered = tokio::task::spawn_blocking(move || render(&report, format, junit_mode))
+            .await
+            .map_err(|e| Status::internal(format!("rendering the report failed: {e}")))?;
+        if rendered.content.len() > MAX_MESSAGE_BYTES - 1024 {
+            return Err(Status::resource_exhausted(format!(
+                "the rendered report is {} bytes, more than the API's {MAX_MESSAGE_BYTES}-byte \
+                 message limit: read {} from the agent's report directory instead",
+                rendered.content.len(),
+                rendered.file_name
+            )));
+        }
+        Ok(Response::new(rendered))
+    }
+
+    async fn annotate(
+        &self,
+        request: Request<proto::AnnotateRequest>,
+    ) -> Result<Response<proto::AnnotateResponse>, Status> {
+        let annotation = convert::annotation(request.into_inner().annotation, Timestamp::now())?;
+        let start = annotation.start;
+        let (ack, applied) = oneshot::channel();
+        let ended = || {
+            Status::failed_precondition(
+                "the run has ended, so annotations are no longer recorded; the final \
+                 report (GetReport, or report.json) has every annotation sent before the end",
+            )
+        };
+        self.commands
+            .send(Command::Annotate(annotation, Some(ack)))
+            .await
+            .map_err(|_| ended())?;
+        applied.await.map_err(|_| ended())?;
+        Ok(Response::new(proto::AnnotateResponse {
+            start: Some(convert::timestamp(start)),
+        }))
+    }
+}
+
+/// Renders `report` in `format`, with its media type and a fitting file name.
+fn render(
+    report: &Report,
+    format: proto::ReportFormat,
+    junit_mode: JunitMode,
+) -> proto::GetReportResponse {
+    use crate::report::{REPORT_FILE, html, junit, markdown, writer};
+    let (content, content_type, file_name) = match format {
+        proto::ReportFormat::Unspecified | proto::ReportFormat::Json => {
+            (report.to_json(), "application/json", REPORT_FILE)
+        }
+        proto::ReportFormat::Junit => (
+            junit::render(report, junit_mode).into_bytes(),
+            "application/xml",
+            writer::JUNIT_FILE,
+        ),
+        proto::ReportFormat::Html => (
+            html::render(report).into_bytes(),
+            "text/html; charset=utf-8",
+            writer::HTML_FILE,
+        ),
+        proto::ReportFormat::Markdown => (
+            markdown::render(report).into_bytes(),
+            "text/markdown; charset=utf-8",
+            "report.md",
+        ),
+    };
+    proto::GetReportResponse {
+        content,
+        content_type: content_type.to_string(),
+        file_name: file_name.to_string(),
+    }
+}

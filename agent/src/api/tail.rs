@@ -1,0 +1,450 @@
+//! One Tail stream: the request checked into a [`TailPlan`], then the stream itself.
+//!
+//! The stream is pulled by tonic only as fast as the client reads (HTTP/2 flow control),
+//! and reads the feed's broadcast receiver directly: no task and no queue per subscriber.
+//! A client that stops reading stops the pulling; the broadcast then overwrites what this
+//! subscriber has not read, and the next pull reports `Lost` with the count. So a slow or
+//! stuck client holds only its connection's buffers, never the engine or other
+//! subscribers.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tonic::Status;
+
+use super::feed::{Feed, FeedEvent, FeedMessage, History};
+use super::{convert, proto};
+use crate::engine::Snapshots;
+
+/// The response stream of one Tail call.
+pub type TailStream = Pin<Box<dyn Stream<Item = Result<proto::TailResponse, Status>> + Send>>;
+
+/// Most names (or label pairs) listed in an error message.
+const MAX_LISTED: usize = 20;
+
+/// What a checked Tail request asks for.
+#[derive(Debug)]
+pub struct TailPlan {
+    /// Per invariant index: whether the request selects it.
+    pub wanted: Vec<bool>,
+    /// Leave samples out.
+    pub transitions_only: bool,
+    /// History to replay first.
+    pub history: History,
+}
+
+/// Checks `request` against the invariants of `feed`. Unknown names and filters that
+/// select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
+pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Status> {
+    let names = feed.names();
+    let unknown: Vec<&str> = request
+        .invariants
+        .iter()
+        .filter(|n| !names.contains(n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Status::invalid_argument(unknown_names(&unknown, names)));
+    }
+    let by_name: BTreeSet<&str> = request.invariants.iter().map(String::as_str).collect();
+    let wanted: Vec<bool> = names
+        .iter()
+        .zip(feed.labels())
+        .map(|(name, labels)| {
+            (by_name.is_empty() || by_name.contains(name.as_str()))
+                && request
+                    .labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+        })
+        .collect();
+    if !wanted.contains(&true) && !names.is_empty() {
+        return Err(Status::invalid_argument(no_match(request, feed)));
+    }
+    use proto::tail_request::History as Wire;
+    let history = match &request.history {
+        None => History::None,
+        Some(Wire::Last(n)) => History::Last(*n as usize),
+        Some(Wire::Since(t)) => History::Since(convert::from_timestamp(t, "since")?),
+    };
+    Ok(TailPlan {
+        wanted,
+        transitions_only: request.transitions_only,
+        history,
+    })
+}
+
+fn unknown_names(unknown: &[&str], names: &[String]) -> String {
+    let mut text = String::new();
+    for name in unknown {
+        let close: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| is_close(name, n))
+            .take(3)
+            .collect();
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!("unknown invariant {name:?}"));
+        if !close.is_empty() {
+            text.push_str(&format!(" (did you mean {}?)", quoted(&close).join(" or ")));
+        }
+    }
+    format!(
+        "{text}. This agent watches: {}",
+        listed(names.iter().map(String::as_str))
+    )
+}
+
+fn no_match(request: &proto::TailRequest, feed: &Feed) -> String {
+    let asked: BTreeMap<&String, &String> = request.labels.iter().collect();
+    let asked = asked
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let in_use: BTreeSet<String> = feed
+        .labels()
+        .iter()
+        .flat_map(|l| l.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    let scope = if request.invariants.is_empty() {
+        "no invariant".to_string()
+    } else {
+        format!("none of {}", quoted(&request.invariants).join(", "))
+    };
+    let in_use = if in_use.is_empty() {
+        "none".to_string()
+    } else {
+        listed(in_use.iter().map(String::as_str))
+    };
+    format!("{scope} has all the labels {asked}. Labels in use: {in_use}")
+}
+
+fn quoted<S: AsRef<str>>(names: &[S]) -> Vec<String> {
+    names.iter().map(|n| format!("{:?}", n.as_ref())).collect()
+}
+
+fn listed<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = items.len();
+    let mut text = items.take(MAX_LISTED).collect::<Vec<_>>().join(", ");
+    if total > MAX_LISTED {
+        text.push_str(&format!(" and {} more", total - MAX_LISTED));
+    }
+    text
+}
+
+/// Whether `typed` looks like a misspelling of `name`: a small edit distance, or one
+/// contains the other.
+fn is_close(typed: &str, name: &str) -> bool {
+    let limit = (name.len() / 4).clamp(1, 3);
+    name.contains(typed) || typed.contains(name) || edit_distance(typed, name) <= limit
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Starts the stream for `plan`: snapshot, history, `Live`, then live events until the
+/// run ends. `permit` counts the stream against the agent's limit while it lives.
+pub fn stream(
+    feed: &Feed,
+    plan: TailPlan,
+    snapshots: &Snapshots,
+    permit: OwnedSemaphorePermit,
+) -> TailStream {
+    let subscription = feed.subscribe(&plan.wanted, plan.history);
+    let snapshot = snapshot(feed, &subscription.live, snapshots);
+    let mut replay: VecDeque<Arc<FeedEvent>> = subscription.history.into();
+    if plan.transitions_only {
+        replay.retain(|e| !e.is_sample());
+    }
+    let state = TailState {
+        feed: feed.clone(),
+        snapshot: Some(snapshot),
+        replay,
+        live_sent: false,
+        receiver: (!subscription.ended).then_some(subscription.receiver),
+        wanted: plan.wanted,
+        transitions_only: plan.transitions_only,
+        done: false,
+        _permit: permit,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            let next = state.next().await?;
+            Some((Ok(next), state))
+        },
+    ))
+}
+
+/// The first message: run facts and the live state of every selected invariant. The
+/// violation count and disruption come from the latest report snapshot (at most a
+/// second old), the rest from the feed, exact as of the subscription.
+fn snapshot(
+    feed: &Feed,
+    live: &[(usize, super::feed::LiveState)],
+    snapshots: &Snapshots,
+) -> proto::TailResponse {
+    let report = snapshots.borrow().clone();
+    let invariants = live
+        .iter()
+        .filter_map(|(i, state)| {
+            let mut status = feed.declarations().get(*i)?.clone();
+            state.apply(&feed.names()[*i], &mut status);
+            if let Some(entry) = report.as_ref().and_then(|r| r.invariants.get(*i)) {
+                convert::apply_report_totals(&mut status, entry);
+            }
+            Some(status)
+        })
+        .collect();
+    marker(proto::tail_response::Event::Snapshot(proto::Snapshot {
+        run: Some(feed.run_info().clone()),
+        invariants,
+    }))
+}
+
+fn marker(event: proto::tail_response::Event) -> proto::TailResponse {
+    proto::TailResponse {
+        sequence: 0,
+        replay: false,
+        event: Some(event),
+    }
+}
+
+/// Whether a subscriber that wants the invariants set in `wanted` gets `event`.
+fn selects(wanted: &[bool], transitions_only: bool, event: &FeedEvent) -> bool {
+    wanted.get(event.invariant).copied().unwrap_or(false)
+        && !(transitions_only && event.is_sample())
+}
+
+struct TailState {
+    /// For invariant names.
+    feed: Feed,
+    snapshot: Option<proto::TailResponse>,
+    replay: VecDeque<Arc<FeedEvent>>,
+    live_sent: bool,
+    /// `None` when the run had ended before the subscription.
+    receiver: Option<broadcast::Receiver<Arc<FeedEvent>>>,
+    wanted: Vec<bool>,
+    transitions_only: bool,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TailState {
+    /// The next message, or `None` once `RunEnded` was sent.
+    async fn next(&mut self) -> Option<proto::TailResponse> {
+        use proto::tail_response::Event;
+        if let Some(snapshot) = self.snapshot.take() {
+            return Some(snapshot);
+        }
+        if let Some(event) = self.replay.pop_front() {
+            return Some(self.response(&event, true));
+        }
+        if !self.live_sent {
+            self.live_sent = true;
+            return Some(marker(Event::Live(proto::Live {})));
+        }
+        if self.done {
+            return None;
+        }
+        let Some(receiver) = self.receiver.as_mut() else {
+            return Some(self.finish());
+        };
+        loop {
+            match receiver.recv().await {
+                Ok(event) => match event.message {
+                    FeedMessage::RunEnded => return Some(self.finish()),
+                    _ if selects(&self.wanted, self.transitions_only, &event) => {
+                        return Some(self.response(&event, false));
+                    }
+                    _ => {}
+                },
+                Err(RecvError::Lagged(events)) => {
+                    return Some(marker(Event::Lost(proto::Lost { events })));
+                }
+                // The feed is gone without an end (the agent is stopping): end anyway.
+                Err(RecvError::Closed) => return Some(self.finish()),
+            }
+        }
+    }
+
+    fn response(&self, event: &FeedEvent, replay: bool) -> proto::TailResponse {
+        let name = self.feed.names().get(event.invariant);
+        event.response(name.map_or("", String::as_str), replay)
+    }
+
+    fn finish(&mut self) -> proto::TailResponse {
+        self.done = true;
+        self.receiver = None;
+        marker(proto::tail_response::Event::RunEnded(proto::RunEnded {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: apiserver-readyz
+    description: d
+    owner: o
+    labels: {component: apiserver}
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+  - name: dns-resolves
+    description: d
+    owner: o
+    labels: {component: dns}
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+"#;
+
+    fn feed() -> Feed {
+        let set = crate::config::parse_str("f.yaml", FILE).unwrap();
+        Feed::new(&set.invariants, proto::RunInfo::default(), 10, 16)
+    }
+
+    #[test]
+    fn names_and_labels_select_invariants() {
+        let f = feed();
+        let all = plan(&proto::TailRequest::default(), &f).unwrap();
+        assert_eq!(all.wanted, vec![true, true]);
+        assert_eq!(all.history, History::None);
+        let dns = proto::TailRequest {
+            labels: [("component".to_string(), "dns".to_string())].into(),
+            history: Some(proto::tail_request::History::Last(5)),
+            ..Default::default()
+        };
+        let p = plan(&dns, &f).unwrap();
+        assert_eq!((p.wanted, p.history), (vec![false, true], History::Last(5)));
+        let one = proto::TailRequest {
+            invariants: vec!["apiserver-readyz".into()],
+            ..Default::default()
+        };
+        assert_eq!(plan(&one, &f).unwrap().wanted, vec![true, false]);
+    }
+
+    #[test]
+    fn typos_and_empty_selections_are_invalid_arguments_that_help() {
+        let f = feed();
+        let typo = proto::TailRequest {
+            invariants: vec!["apiserver-redyz".into()],
+            ..Default::default()
+        };
+        let e = plan(&typo, &f).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "unknown invariant \"apiserver-redyz\" (did you mean \"apiserver-readyz\"?). \
+             This agent watches: apiserver-readyz, dns-resolves"
+        );
+        let nothing = proto::TailRequest {
+            invariants: vec!["dns-resolves".into()],
+            labels: [("component".to_string(), "apiserver".to_string())].into(),
+            ..Default::default()
+        };
+        let e = plan(&nothing, &f).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "none of \"dns-resolves\" has all the labels component=apiserver. Labels in use: \
+             component=apiserver, component=dns"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stream_is_snapshot_history_live_events_lost_and_run_ended() {
+        use crate::engine::SampleObserver;
+        use crate::sample::{Observation, Sample, Timestamp};
+        use futures_util::StreamExt;
+
+        let mut f = feed();
+        let sample = |at| Sample {
+            at: Timestamp(at),
+            latency: std::time::Duration::from_millis(1),
+            observation: Observation::Ok { value: None },
+        };
+        f.on_sample(1, &sample(0)); // 1, replayed
+        let request = proto::TailRequest {
+            invariants: vec!["dns-resolves".into()],
+            history: Some(proto::tail_request::History::Last(10)),
+            ..Default::default()
+        };
+        let (_, snapshots) = tokio::sync::watch::channel(None);
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = permits.clone().try_acquire_owned().unwrap();
+        let mut stream = stream(&f, plan(&request, &f).unwrap(), &snapshots, permit);
+        f.on_sample(0, &sample(10)); // 2, filtered out
+        for at in 0..40 {
+            f.on_sample(1, &sample(100 + at)); // 3..=42, more than the buffer of 16
+        }
+        f.end();
+        use proto::tail_response::Event;
+        async fn next(stream: &mut TailStream) -> Event {
+            stream.next().await.unwrap().unwrap().event.unwrap()
+        }
+        let Event::Snapshot(s) = next(&mut stream).await else {
+            panic!("snapshot first")
+        };
+        assert_eq!(s.invariants.len(), 1);
+        assert_eq!(s.invariants[0].samples_ok, 1);
+        assert_eq!(permits.available_permits(), 0, "counted while it lives");
+        assert!(
+            matches!(next(&mut stream).await, Event::Sample(s) if s.invariant == "dns-resolves")
+        );
+        assert!(matches!(next(&mut stream).await, Event::Live(_)));
+        assert!(matches!(
+            next(&mut stream).await,
+            Event::Lost(proto::Lost { events: 26 })
+        ));
+        let mut samples = 0;
+        loop {
+            match next(&mut stream).await {
+                Event::Sample(_) => samples += 1,
+                Event::RunEnded(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(samples, 15, "the 16 newest events, RunEnded among them");
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends after RunEnded"
+        );
+        assert_eq!(
+            permits.available_permits(),
+            1,
+            "released when the stream ends"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("same", "same"), 0);
+        assert!(!is_close("etcd", "apiserver-readyz"));
+    }
+}
