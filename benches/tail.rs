@@ -20,6 +20,8 @@
 //!
 //!     cargo bench --bench tail -- [INVARIANTS=200] [INTERVAL_MS=1000] [SECONDS=30] [TAILERS=100]
 //!
+//! Under `cargo test --all-targets` (no `--bench`) it runs a seconds-long smoke version.
+//!
 //! `TAIL_BENCH_AGENT_ARGS` adds agent flags (e.g. `--tail-history 0`).
 
 use std::collections::HashMap;
@@ -48,17 +50,25 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    // `cargo bench` passes `--bench`; the rest are positional numbers.
+    // `cargo bench` passes `--bench`; the rest are positional numbers. Without `--bench`
+    // this runs under `cargo test --all-targets`, as a quick check that the harness still
+    // works, not a measurement: a few invariants, tailers and seconds.
+    let measuring = std::env::args().any(|a| a == "--bench");
     let numbers: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let at = |i: usize, default: u64| numbers.get(i).copied().unwrap_or(default);
+    let at = |i: usize, bench: u64, smoke: u64| {
+        numbers
+            .get(i)
+            .copied()
+            .unwrap_or(if measuring { bench } else { smoke })
+    };
     Settings {
-        invariants: at(0, 200) as usize,
-        interval_ms: at(1, 1000),
-        seconds: at(2, 30),
-        tailers: at(3, 100) as usize,
+        invariants: at(0, 200, 5) as usize,
+        interval_ms: at(1, 1000, 200),
+        seconds: at(2, 30, 1),
+        tailers: at(3, 100, 3) as usize,
     }
 }
 

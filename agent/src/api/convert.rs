@@ -25,13 +25,15 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
 
 /// A client's timestamp, truncated to milliseconds. `field` names it in the error.
 pub fn from_timestamp(t: &prost_types::Timestamp, field: &str) -> Result<Timestamp, Status> {
-    // 0001-01-01 .. 9999-12-31, the range google.protobuf.Timestamp allows.
-    const MIN_SECONDS: i64 = -62_135_596_800;
+    // 1970-01-01 .. 9999-12-31: google.protobuf.Timestamp allows years from 1, but
+    // reports write times from the epoch on, and a time the report cannot hold would
+    // make a saved report attribute differently from the live agent.
+    const MIN_SECONDS: i64 = 0;
     const MAX_SECONDS: i64 = 253_402_300_799;
     if !(0..1_000_000_000).contains(&t.nanos) || !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
         return Err(Status::invalid_argument(format!(
             "{field} is not a valid timestamp (seconds {}, nanos {}): nanos must be in \
-             0..1e9 and the time between years 1 and 9999",
+             0..1e9 and the time between 1970 and 9999",
             t.seconds, t.nanos
         )));
     }
@@ -244,10 +246,16 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip_and_bad_ones_are_refused() {
-        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+        for ms in [0, 1, 999, 1_700_000_000_123] {
             let wire = timestamp(Timestamp(ms));
             assert!((0..1_000_000_000).contains(&wire.nanos), "{ms}: {wire:?}");
             assert_eq!(from_timestamp(&wire, "t").unwrap(), Timestamp(ms));
+        }
+        for ms in [-1, -1001] {
+            let wire = timestamp(Timestamp(ms));
+            assert!((0..1_000_000_000).contains(&wire.nanos), "{ms}: {wire:?}");
+            let e = from_timestamp(&wire, "t").unwrap_err();
+            assert!(e.message().contains("between 1970 and 9999"), "{ms}: {e}");
         }
         let bad = prost_types::Timestamp {
             seconds: 1,

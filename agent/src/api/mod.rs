@@ -28,8 +28,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// Largest message the API sends or accepts (the proto file's contract).
+/// Largest message the API sends (a report can be large; the proto file's contract).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest request the API accepts. No valid request comes near it; a bound this low
+/// keeps a hostile client from making the agent buffer and decode 64 MiB per call.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Address the `demo` command serves the API on unless told otherwise.
 pub const DEMO_LISTEN: &str = "127.0.0.1:9465";

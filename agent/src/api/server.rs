@@ -27,7 +27,7 @@ use super::auth::{BearerAuth, Token, TokenError};
 use super::feed::Feed;
 use super::proto::agent_service_server::AgentServiceServer;
 use super::service::AgentApi;
-use super::{ApiArgs, MAX_MESSAGE_BYTES, proto};
+use super::{ApiArgs, MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, proto};
 use crate::engine::{Command, Snapshots};
 use crate::report::junit::JunitMode;
 
@@ -225,7 +225,7 @@ fn router(
         context.snapshots,
         context.junit_mode,
     ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -40,6 +40,7 @@ pub struct TailPlan {
 /// Checks `request` against the invariants of `feed`. Unknown names and filters that
 /// select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
 pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Status> {
+    check_filter_size(request)?;
     let names = feed.names();
     let unknown: Vec<&str> = request
         .invariants
@@ -76,6 +77,38 @@ pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Statu
         transitions_only: request.transitions_only,
         history,
     })
+}
+
+/// Most names and labels one Tail request may filter by. The checks below cost names ×
+/// invariants, so they are bounded before any work is done.
+const MAX_FILTERS: usize = 1000;
+
+/// Longest name, label key or label value accepted in a filter (invariant names are DNS
+/// labels; label keys and values follow Kubernetes' limits, well under this).
+const MAX_FILTER_BYTES: usize = 317;
+
+fn check_filter_size(request: &proto::TailRequest) -> Result<(), Status> {
+    if request.invariants.len() + request.labels.len() > MAX_FILTERS {
+        return Err(Status::invalid_argument(format!(
+            "too many filters ({} names and {} labels; at most {MAX_FILTERS} in all): \
+             filter by labels, or tail everything and filter on your side",
+            request.invariants.len(),
+            request.labels.len()
+        )));
+    }
+    let too_long = request
+        .invariants
+        .iter()
+        .chain(request.labels.keys())
+        .chain(request.labels.values())
+        .any(|s| s.len() > MAX_FILTER_BYTES);
+    if too_long {
+        return Err(Status::invalid_argument(format!(
+            "a name, label key or label value is longer than {MAX_FILTER_BYTES} bytes, \
+             so it cannot match any invariant"
+        )));
+    }
+    Ok(())
 }
 
 fn unknown_names(unknown: &[&str], names: &[String]) -> String {
@@ -438,6 +471,30 @@ invariants:
             1,
             "released when the stream ends"
         );
+    }
+
+    #[test]
+    fn oversized_filters_are_refused_before_any_matching() {
+        let f = feed();
+        let many = proto::TailRequest {
+            invariants: (0..1001).map(|i| format!("n{i}")).collect(),
+            ..Default::default()
+        };
+        let e = plan(&many, &f).expect_err("1001 names are refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("too many filters (1001 names"),
+            "{e}"
+        );
+        assert!(e.message().len() < 200, "the names are not echoed back");
+
+        let long = proto::TailRequest {
+            labels: [("component".to_string(), "x".repeat(318))].into(),
+            ..Default::default()
+        };
+        let e = plan(&long, &f).expect_err("a 318-byte label value is refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("longer than 317 bytes"), "{e}");
     }
 
     #[test]

@@ -197,7 +197,8 @@ impl EventTracker {
         *seen = (*seen).max(facts.occurrences);
         if new > 0 {
             match self.measure {
-                EventsMeasure::Warnings => state.warnings += new,
+                // Counts come from the API server: saturate rather than wrap.
+                EventsMeasure::Warnings => state.warnings = state.warnings.saturating_add(new),
                 EventsMeasure::MaxRepeats => self.add_repeats(state, &facts, new),
             }
         }
@@ -211,7 +212,7 @@ impl EventTracker {
         };
         let total = {
             let count = state.pairs.entry(pair.clone()).or_insert(0);
-            *count += new;
+            *count = count.saturating_add(new);
             *count
         };
         if total > state.max_repeats {
@@ -223,7 +224,7 @@ impl EventTracker {
                     repeats = total,
                     "an event has repeated {total} times in this run"
                 );
-                while state.next_logged <= total {
+                while state.next_logged <= total && state.next_logged < u64::MAX {
                     state.next_logged = next_in_1_2_5(state.next_logged);
                 }
             }
@@ -232,23 +233,24 @@ impl EventTracker {
             let mut keep_above = 1;
             while state.pairs.len() > MAX_PAIRS / 2 {
                 state.pairs.retain(|_, c| *c > keep_above);
-                keep_above *= 2;
+                keep_above = keep_above.saturating_mul(2);
             }
         }
     }
 }
 
-/// 5, 10, 20, 50, 100, 200, 500, ...
+/// 5, 10, 20, 50, 100, 200, 500, ..., ending at `u64::MAX`.
 fn next_in_1_2_5(n: u64) -> u64 {
-    let mut step = 1;
-    while step * 10 <= n {
+    let mut step: u64 = 1;
+    while step.checked_mul(10).is_some_and(|s| s <= n) {
         step *= 10;
     }
-    match n / step {
-        0..=1 => 2 * step,
-        2..=4 => 5 * step,
-        _ => 10 * step,
-    }
+    let factor = match n / step {
+        0..=1 => 2,
+        2..=4 => 5,
+        _ => 10,
+    };
+    step.saturating_mul(factor)
 }
 
 impl Consumer for EventTracker {
@@ -497,5 +499,15 @@ mod tests {
             n = next_in_1_2_5(n);
         }
         assert_eq!(seen, [5, 10, 20, 50, 100, 200]);
+    }
+
+    #[test]
+    fn logging_thresholds_end_at_the_largest_count_instead_of_overflowing() {
+        let mut n: u64 = 5;
+        for _ in 0..100 {
+            n = next_in_1_2_5(n);
+        }
+        assert_eq!(n, u64::MAX);
+        assert_eq!(next_in_1_2_5(u64::MAX), u64::MAX);
     }
 }
