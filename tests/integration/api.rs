@@ -954,11 +954,27 @@ async fn get_status_lists_every_invariant_with_its_state() {
     })
     .await;
     drop(stream);
-    let status = client
-        .get_status(GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    // State and sample counts are live; violations and disruption come from the report
+    // snapshot the agent publishes every second, so wait for one taken after the
+    // violation began.
+    let status = within("the violation reaches GetStatus", async {
+        loop {
+            let status = client
+                .get_status(GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if status
+                .invariants
+                .iter()
+                .any(|i| i.name == "down" && i.violations > 0)
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     assert!(status.run.unwrap().started_at.is_some());
     let names: Vec<_> = status.invariants.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(

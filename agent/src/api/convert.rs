@@ -138,19 +138,6 @@ pub fn declaration(i: &Invariant) -> proto::InvariantStatus {
     }
 }
 
-/// Copies what a report says about an invariant into `status`: state, sample counts,
-/// violations and disruption.
-pub fn apply_report(status: &mut proto::InvariantStatus, entry: &InvariantReport) {
-    let s = &entry.summary;
-    status.state = state(s.state) as i32;
-    status.samples_ok = s.samples.ok;
-    status.samples_failed = s.samples.failed;
-    status.samples_absent = s.samples.absent;
-    status.samples_missed = s.samples.missed;
-    status.violations = (s.violations.len() as u64).saturating_add(s.violations_dropped);
-    status.disruption_seconds = s.disruption_seconds;
-}
-
 /// Copies the violations and disruption of a report entry (what only the evaluator
 /// knows) into `status`, leaving state and counts alone.
 pub fn apply_report_totals(status: &mut proto::InvariantStatus, entry: &InvariantReport) {

@@ -1,5 +1,5 @@
 //! The feed: every sample, missed tick and state transition the engine publishes, for
-//! Tail subscribers, plus the live state GetStatus reads.
+//! Tail subscribers, plus the live state GetStatus and Tail snapshots read.
 //!
 //! The engine publishes on its own task through [`SampleObserver`]; publishing takes one
 //! short lock, numbers the event, updates the invariant's live state, keeps the event in
@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 
 use super::{convert, proto};
 use crate::config::Invariant;
-use crate::engine::SampleObserver;
+use crate::engine::{SampleObserver, Snapshots};
 use crate::eval::{State, Totals, Transition};
 use crate::sample::{Sample, Timestamp};
 
@@ -234,12 +234,37 @@ impl Feed {
         &self.shared.run
     }
 
-    /// Live state of every invariant, in file order.
-    pub fn live(&self) -> Vec<LiveState> {
+    /// Live state of every invariant with its index, in file order, as of one instant.
+    pub fn live(&self) -> Vec<(usize, LiveState)> {
         self.lock()
             .invariants
             .iter()
             .map(|i| i.live.clone())
+            .enumerate()
+            .collect()
+    }
+
+    /// The status of each invariant in `live` (indices and live states, from
+    /// [`Feed::live`] or [`Feed::subscribe`]), for GetStatus and the Tail snapshot. State,
+    /// since, reason, sample counts and last sample are the live state's, exact as of when
+    /// it was taken; violations and disruption (which only the evaluator knows) come from
+    /// the latest report in `snapshots`, which the engine publishes every second, so they
+    /// can be about a second behind. Reading never waits for the engine.
+    pub fn statuses(
+        &self,
+        live: &[(usize, LiveState)],
+        snapshots: &Snapshots,
+    ) -> Vec<proto::InvariantStatus> {
+        let report = snapshots.borrow().clone();
+        live.iter()
+            .filter_map(|(i, state)| {
+                let mut status = self.declarations().get(*i)?.clone();
+                state.apply(&self.names()[*i], &mut status);
+                if let Some(entry) = report.as_ref().and_then(|r| r.invariants.get(*i)) {
+                    convert::apply_report_totals(&mut status, entry);
+                }
+                Some(status)
+            })
             .collect()
     }
 

@@ -98,25 +98,12 @@ impl AgentService for AgentApi {
         &self,
         _request: Request<proto::GetStatusRequest>,
     ) -> Result<Response<proto::GetStatusResponse>, Status> {
-        let report = self.report().await?;
+        // From the feed and the latest snapshot, never through the engine: polling
+        // GetStatus must not hold up the judging of samples.
         let live = self.feed.live();
-        let invariants = self
-            .feed
-            .declarations()
-            .iter()
-            .zip(&live)
-            .zip(&report.invariants)
-            .map(|((declaration, live), entry)| {
-                let mut status = declaration.clone();
-                live.apply(&declaration.name, &mut status);
-                // The report is as fresh as the live state and is what report.json says.
-                convert::apply_report(&mut status, entry);
-                status
-            })
-            .collect();
         Ok(Response::new(proto::GetStatusResponse {
             run: Some(self.feed.run_info().clone()),
-            invariants,
+            invariants: self.feed.statuses(&live, &self.snapshots),
         }))
     }
 
@@ -204,5 +191,107 @@ fn render(
         content,
         content_type: content_type.to_string(),
         file_name: file_name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, RunMeta};
+    use crate::sample::{ErrorClass, Observation, ProbeError, Sample};
+    use crate::schedule::Event;
+
+    const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: api
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+"#;
+
+    fn sample(at: i64, ok: bool) -> Event {
+        Event::Sample {
+            invariant: 0,
+            sample: Sample {
+                at: Timestamp(at),
+                latency: Duration::from_millis(1),
+                observation: if ok {
+                    Observation::Ok { value: None }
+                } else {
+                    Observation::Failed(ProbeError::new(ErrorClass::HttpStatus, "500"))
+                },
+            },
+        }
+    }
+
+    /// GetStatus with an engine that never reads its commands: the call must not wait
+    /// for it. Returns the response and whether a command was sent.
+    async fn get_status(feed: &Feed, snapshots: Snapshots) -> (proto::GetStatusResponse, bool) {
+        let (commands, mut inbox) = mpsc::channel(8);
+        let api = AgentApi::new(feed.clone(), commands, snapshots, JunitMode::default());
+        let status = tokio::time::timeout(
+            Duration::from_secs(5),
+            api.get_status(Request::new(proto::GetStatusRequest {})),
+        )
+        .await
+        .expect("GetStatus answers without the engine")
+        .unwrap()
+        .into_inner();
+        (status, inbox.try_recv().is_ok())
+    }
+
+    #[tokio::test]
+    async fn get_status_reads_the_feed_and_the_latest_snapshot_never_the_engine() {
+        let set = crate::config::parse_str("f.yaml", FILE).unwrap();
+        let run = proto::RunInfo {
+            id: "r".into(),
+            ..Default::default()
+        };
+        let feed = Feed::new(&set.invariants, run, 0, 16);
+        let meta = RunMeta {
+            id: "r".into(),
+            started_at: Timestamp(0),
+            config_files: vec![],
+            node: None,
+        };
+        let mut engine = Engine::new(&set, meta);
+        engine.observe(Box::new(feed.clone()));
+
+        // Before the first snapshot: live state alone, no violation count yet.
+        engine.handle(sample(0, true));
+        let (tx, snapshots) = tokio::sync::watch::channel(None);
+        let (status, asked) = get_status(&feed, snapshots.clone()).await;
+        assert!(!asked, "nothing sent to the engine");
+        assert_eq!(status.run.unwrap().id, "r");
+        let api = &status.invariants[0];
+        assert_eq!(
+            (api.name.as_str(), api.state, api.samples_ok, api.violations),
+            ("api", proto::State::Holding as i32, 1, 0)
+        );
+
+        // A snapshot taken in the violation, then more samples: state, counts and last
+        // sample are the feed's (exact), violations and disruption the snapshot's.
+        engine.handle(sample(1000, false));
+        let report = Arc::new(engine.report(Timestamp(1500), RunStatus::Running));
+        let disruption = report.invariants[0].summary.disruption_seconds;
+        assert!(disruption > 0.0);
+        tx.send_replace(Some(report));
+        engine.handle(sample(2000, false));
+        engine.handle(sample(3000, false));
+        let (status, asked) = get_status(&feed, snapshots).await;
+        assert!(!asked, "nothing sent to the engine");
+        let api = &status.invariants[0];
+        assert_eq!(api.state, proto::State::Violated as i32);
+        assert_eq!(api.state_since, Some(convert::timestamp(Timestamp(1000))));
+        assert!(!api.reason.is_empty());
+        assert_eq!((api.samples_ok, api.samples_failed), (1, 3));
+        let last = api.last_sample.as_ref().unwrap();
+        assert_eq!(last.time, Some(convert::timestamp(Timestamp(3000))));
+        assert_eq!(last.state, proto::State::Violated as i32);
+        assert_eq!(api.violations, 1);
+        assert_eq!(api.disruption_seconds, disruption, "as of the snapshot");
     }
 }

@@ -230,29 +230,16 @@ pub fn stream(
     ))
 }
 
-/// The first message: run facts and the live state of every selected invariant. The
-/// violation count and disruption come from the latest report snapshot (at most a
-/// second old), the rest from the feed, exact as of the subscription.
+/// The first message: run facts and the status of every selected invariant (see
+/// [`Feed::statuses`]), exact as of the subscription but for violations and disruption.
 fn snapshot(
     feed: &Feed,
     live: &[(usize, super::feed::LiveState)],
     snapshots: &Snapshots,
 ) -> proto::TailResponse {
-    let report = snapshots.borrow().clone();
-    let invariants = live
-        .iter()
-        .filter_map(|(i, state)| {
-            let mut status = feed.declarations().get(*i)?.clone();
-            state.apply(&feed.names()[*i], &mut status);
-            if let Some(entry) = report.as_ref().and_then(|r| r.invariants.get(*i)) {
-                convert::apply_report_totals(&mut status, entry);
-            }
-            Some(status)
-        })
-        .collect();
     marker(proto::tail_response::Event::Snapshot(proto::Snapshot {
         run: Some(feed.run_info().clone()),
-        invariants,
+        invariants: feed.statuses(live, snapshots),
     }))
 }
 

@@ -20,7 +20,7 @@ use hyper_timeout::TimeoutConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use tower::{BoxError, ServiceBuilder};
 
 /// Where the agent finds Kubernetes credentials (only used when an invariant has an
@@ -155,16 +155,23 @@ async fn from_files(
     };
     let mut merged: Option<Kubeconfig> = None;
     for path in paths {
-        let one = Kubeconfig::read_from(path).map_err(|e| problem(e.to_string()))?;
+        let one = Kubeconfig::read_from(path).map_err(|e| {
+            let reason = kubeconfig_reason(&e);
+            problem(if paths.len() > 1 {
+                format!("{}: {reason}", path.display())
+            } else {
+                reason
+            })
+        })?;
         merged = Some(match merged {
-            Some(m) => m.merge(one).map_err(|e| problem(e.to_string()))?,
+            Some(m) => m.merge(one).map_err(|e| problem(kubeconfig_reason(&e)))?,
             None => one,
         });
     }
     let kubeconfig = merged.ok_or_else(|| problem("no file given".to_string()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, options)
         .await
-        .map_err(|e| problem(e.to_string()))?;
+        .map_err(|e| problem(kubeconfig_reason(&e)))?;
     if config.proxy_url.is_some() {
         return Err(problem(
             "it sets proxy-url, which the agent does not support; reach the API server \
@@ -173,6 +180,33 @@ async fn from_files(
         ));
     }
     Ok(config)
+}
+
+/// What is wrong with a kubeconfig, without quoting it: the YAML parser's message shows
+/// the offending value and the lines around it, which may be a token or a key under the
+/// wrong name, and a base64 error shows a character of the data (a private key's).
+fn kubeconfig_reason(error: &KubeconfigError) -> String {
+    use kube::config::LoadDataError;
+    let data = |what: &str, e: &LoadDataError| match e {
+        LoadDataError::DecodeBase64(_) => format!("failed to load {what}: it is not valid base64"),
+        other => format!("failed to load {what}: {other}"),
+    };
+    match error {
+        KubeconfigError::Parse(e) => {
+            let at = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            format!(
+                "not a valid kubeconfig: the YAML is malformed or does not match the kubeconfig \
+                 format{at} (the text is not shown: it may hold a secret)"
+            )
+        }
+        KubeconfigError::LoadCertificateAuthority(e) => data("certificate authority", e),
+        KubeconfigError::LoadClientCertificate(e) => data("client certificate", e),
+        KubeconfigError::LoadClientKey(e) => data("client key", e),
+        other => other.to_string(),
+    }
 }
 
 /// How a client treats connections between requests.
@@ -186,9 +220,6 @@ pub enum Pooling {
 
 /// Builds a kube client from `config`.
 pub fn build_client(config: &kube::Config, pooling: Pooling) -> Result<kube::Client, ClientError> {
-    let failed = |e: &dyn std::fmt::Display| ClientError::Client {
-        reason: e.to_string(),
-    };
     // kube builds its rustls configuration from the process-wide crypto provider; make
     // it ring, the provider the rest of the agent uses, whatever else is compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -218,6 +249,21 @@ pub fn build_client(config: &kube::Config, pooling: Pooling) -> Result<kube::Cli
     Ok(kube::Client::new(service, config.default_namespace.clone()))
 }
 
+/// Why `build_client` failed, without the secrets kube's message may hold: getting the
+/// first token runs the exec plugin, whose failure kube describes with its output (the
+/// token), and the client key's base64 error shows one of its characters.
+fn failed(error: &kube::Error) -> ClientError {
+    let reason = match error {
+        kube::Error::Auth(auth) => format!(
+            "cannot get credentials: {}",
+            super::error::auth_message(auth)
+        ),
+        kube::Error::InferKubeconfig(e) => kubeconfig_reason(e),
+        other => other.to_string(),
+    };
+    ClientError::Client { reason }
+}
+
 /// Longest a TCP connect (and TLS handshake) to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,3 +271,64 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Watches ask the server to end them after [`super::watch::WATCH_TIMEOUT_SECS`], lists
 /// and GETs are cut by the API server itself after 60 s.
 const READ_TIMEOUT: Duration = Duration::from_secs(70);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cr3t-T0KEN-value";
+
+    async fn error_for(kubeconfig: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, kubeconfig).unwrap();
+        let args = KubeArgs {
+            kubeconfig: Some(path.clone().into_os_string()),
+            context: None,
+        };
+        let error = load_config(&args).await.unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        error
+    }
+
+    #[tokio::test]
+    async fn kubeconfig_errors_locate_but_never_quote_values() {
+        // A token where a mapping belongs: the parser's message would quote it.
+        let misplaced = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:6443\nusers:\n- name: u\n  user: {SECRET}\n"
+        );
+        let error = error_for(&misplaced).await;
+        assert!(!error.contains(SECRET), "{error}");
+        assert!(error.contains("at line 9, column"), "{error}");
+        // Broken YAML around the token.
+        let broken = format!("users:\n- name: u\n  user:\n    token: \"{SECRET}\n   [\n");
+        let error = error_for(&broken).await;
+        assert!(!error.contains(SECRET), "{error}");
+        assert!(error.contains("not a valid kubeconfig"), "{error}");
+        // Key data that is not base64 would show one of its characters.
+        let key = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\ncontexts:\n- name: x\n  \
+             context: {{cluster: c, user: u}}\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:6443\nusers:\n- name: u\n  user:\n    client-key-data: \
+             \"{SECRET}!\"\n    client-certificate-data: \"{SECRET}!\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, key).unwrap();
+        let args = KubeArgs {
+            kubeconfig: Some(path.into_os_string()),
+            context: None,
+        };
+        let (config, _) = load_config(&args).await.unwrap();
+        let error = build_client(&config, Pooling::Reused)
+            .err()
+            .expect("the client cannot be built")
+            .to_string();
+        assert!(
+            !error.contains(SECRET) && !error.contains("symbol"),
+            "{error}"
+        );
+        assert!(error.contains("not valid base64"), "{error}");
+    }
+}

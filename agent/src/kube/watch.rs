@@ -13,18 +13,25 @@
 //! (API server down, forbidden, a broken stream) makes it *failed*: its probes give failed
 //! samples with that error, never the last values they saw, and the watch starts over
 //! with a fresh list after a backoff (0.5 s doubling to 5 s, with jitter; 30 s after the
-//! API server refused the agent's credentials or RBAC) until a list completes again. Starting over rather than resuming from the last resourceVersion
+//! API server refused the agent's credentials or RBAC) until a list completes again.
+//! A panic in the watch task (a consumer's CEL evaluation, say, meeting an object a bug
+//! cannot handle) is such a failure too, of class `panic`: the watch is failed with a
+//! message saying it is a bug, and starts over after 30 s, like a refusal (a bug does
+//! not go away in seconds); the relist rebuilds every consumer's values, so a panic on
+//! one odd object keeps the watch failed only while that object exists. Starting over
+//! rather than resuming from the last resourceVersion
 //! is what makes "synced again" observable: a resumed watch says nothing until the next
 //! change, which may be minutes away. Lists are served from the API server's watch cache
 //! (`resourceVersion=0`), like client-go's informers, so a relist does not reach etcd.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::discovery::{Scope, verbs};
 use kube::runtime::watcher::{self, Event};
@@ -48,8 +55,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// goes unnoticed by the watch's invariants.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Wait before a watch the API server refused (401, 403) tries again: RBAC and
-/// credentials are not fixed in seconds, and every refusal is logged by the watcher.
+/// Wait before a watch the API server refused (401, 403), or whose task panicked, tries
+/// again: RBAC, credentials and bugs are not fixed in seconds, and every refusal is
+/// logged by the watcher.
 const BACKOFF_REFUSED: Duration = Duration::from_secs(30);
 
 /// How long the watch task may process events before it lets other tasks run (the agent
@@ -252,12 +260,19 @@ impl SharedWatch {
         let mut backoff = Backoff::default();
         let mut resource = None;
         loop {
-            let error = self
-                .list_and_watch(&consumers, &mut resource, &mut backoff)
-                .await;
+            // A panic anywhere in the list-and-watch (above all in the consumers, which
+            // run here, outside the scheduler's catch_unwind) must not end the task: the
+            // state would stay `Synced` and the probes would report stale values.
+            // `resource` and `backoff` stay valid whenever the panic happens, and every
+            // consumer's values are rebuilt by the next list.
+            let attempt = self.list_and_watch(&consumers, &mut resource, &mut backoff);
+            let error = match AssertUnwindSafe(attempt).catch_unwind().await {
+                Ok(error) => error,
+                Err(panic) => self.panicked(panic.as_ref()),
+            };
             let refused = matches!(
                 error.class,
-                ErrorClass::Forbidden | ErrorClass::Unauthorized
+                ErrorClass::Forbidden | ErrorClass::Unauthorized | ErrorClass::Panic
             );
             self.failed(error);
             tokio::time::sleep(backoff.next_delay(refused)).await;
@@ -386,6 +401,24 @@ impl SharedWatch {
             )),
             Err(e) => Err(from_client_error(&e, &self.server)),
         }
+    }
+
+    /// The failure a panic in the watch task stands for.
+    fn panicked(&self, panic: &(dyn std::any::Any + Send)) -> ProbeError {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        tracing::error!(watch = %self.key, panic = %what, "watch task panicked; the watch is failed and starts over (this is a bug, please report it)");
+        ProbeError::new(
+            ErrorClass::Panic,
+            format!(
+                "the watch of {} stopped: internal error (panic: {what}); this is a bug in \
+                 invariant-agent",
+                self.key
+            ),
+        )
     }
 
     fn synced(&self, listed: usize) {
@@ -554,6 +587,82 @@ mod tests {
         assert_eq!(w.object["apiVersion"], "v1");
         assert_eq!(w.object["status"]["phase"], "Running");
         assert!(w.object["metadata"].get("managedFields").is_none());
+    }
+
+    /// A client whose "API server" serves one Node, `n1`, and watches that never answer;
+    /// counts the lists.
+    fn one_node_client(lists: Arc<std::sync::atomic::AtomicUsize>) -> kube::Client {
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let lists = lists.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or("").to_string();
+                let body = match path.as_str() {
+                    "/api/v1" => serde_json::json!({
+                        "kind": "APIResourceList", "groupVersion": "v1",
+                        "resources": [{"name": "nodes", "singularName": "node",
+                            "namespaced": false, "kind": "Node",
+                            "verbs": ["get", "list", "watch"]}]
+                    }),
+                    "/api/v1/nodes" if query.contains("watch=true") => {
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                    "/api/v1/nodes" => {
+                        lists.fetch_add(1, Ordering::SeqCst);
+                        serde_json::json!({
+                            "kind": "NodeList", "apiVersion": "v1",
+                            "metadata": {"resourceVersion": "7"},
+                            "items": [{"metadata": {"name": "n1", "resourceVersion": "7"}}]
+                        })
+                    }
+                    other => panic!("unexpected request {other}"),
+                };
+                let body = kube::client::Body::from(serde_json::to_vec(&body).unwrap());
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// Panics on the object it is given, like a consumer meeting a bug.
+    struct Panicking;
+
+    impl Consumer for Panicking {
+        fn apply(&self, change: Change<'_>) {
+            if let Change::Listed(object) = change {
+                panic!("cannot handle {}", object.key);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_consumer_fails_the_watch_and_it_starts_over() {
+        let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let registry = WatchRegistry::new(one_node_client(lists.clone()), "h:443".into());
+        let watch = registry.watch(WatchKey {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            namespace: None,
+            label_selector: None,
+            field_selector: None,
+        });
+        watch.subscribe(Arc::new(Panicking));
+        let error = tokio::time::timeout(Duration::from_secs(10), watch.wait_synced())
+            .await
+            .expect("the watch must not stay pending")
+            .unwrap_err();
+        assert_eq!(error.class, ErrorClass::Panic);
+        assert_eq!(
+            error.message,
+            "the watch of v1 Node stopped: internal error (panic: cannot handle n1); this is a \
+             bug in invariant-agent"
+        );
+        assert_eq!(lists.load(Ordering::SeqCst), 1);
+        // The task lives on: after the long backoff it lists again, and fails again.
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(lists.load(Ordering::SeqCst), 2);
+        assert!(matches!(watch.state(), SyncState::Failed(e) if e.class == ErrorClass::Panic));
     }
 
     #[test]

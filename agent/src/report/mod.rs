@@ -52,6 +52,14 @@ pub const BIGQUERY_SCHEMA: &str = include_str!("../../../docs/report-bigquery-sc
 /// thousand tests, so this bounds memory only against a misbehaving client).
 pub const MAX_ANNOTATIONS: usize = 50_000;
 
+/// Most bytes of annotation names and outcomes a report keeps (16 MiB); later
+/// annotations are only counted, as beyond [`MAX_ANNOTATIONS`]. Each name and outcome may
+/// be 4 KiB, so the count alone would let one client make the agent hold (and copy into
+/// every report) about 400 MB; a few thousand real test names take a few MB. A
+/// replacement (the same kind, name and start) is always applied, so a test's end still
+/// closes it; its outcome is left out if it does not fit.
+pub const MAX_ANNOTATION_BYTES: usize = 16 * 1024 * 1024;
+
 /// The whole run report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -66,7 +74,8 @@ pub struct Report {
     /// Tests and phases of the run, oldest first: what was running when.
     #[serde(default)]
     pub annotations: Vec<Annotation>,
-    /// Annotations beyond [`MAX_ANNOTATIONS`]: counted, not stored.
+    /// Annotations beyond [`MAX_ANNOTATIONS`] or [`MAX_ANNOTATION_BYTES`]: counted, not
+    /// stored.
     #[serde(default)]
     pub annotations_dropped: u64,
 }
@@ -391,18 +400,36 @@ impl AnnotationKind {
 pub struct AnnotationLog {
     items: Vec<Annotation>,
     dropped: u64,
+    /// [`text_bytes`] of `items`, kept at most [`MAX_ANNOTATION_BYTES`] by `add`.
+    bytes: usize,
+}
+
+/// Bytes of an annotation's name and outcome, what [`MAX_ANNOTATION_BYTES`] bounds.
+fn text_bytes(a: &Annotation) -> usize {
+    a.name.len() + a.outcome.as_ref().map_or(0, String::len)
 }
 
 impl AnnotationLog {
     /// Records `annotation`. One with the same kind, name and start as a recorded one
     /// replaces it, so a client may send a test when it starts (no `end`) and again when
-    /// it ends (with `end` and `outcome`).
-    pub fn add(&mut self, annotation: Annotation) {
+    /// it ends (with `end` and `outcome`); the replacement loses its outcome if that would
+    /// take the log beyond [`MAX_ANNOTATION_BYTES`]. A new annotation beyond
+    /// [`MAX_ANNOTATIONS`] or [`MAX_ANNOTATION_BYTES`] is only counted.
+    pub fn add(&mut self, mut annotation: Annotation) {
+        let size = text_bytes(&annotation);
         if let Some(existing) = self.items.iter_mut().rev().find(|a| {
             a.kind == annotation.kind && a.start == annotation.start && a.name == annotation.name
         }) {
+            // `bytes` includes `existing`. Without its outcome the replacement is no
+            // larger than `existing` (same name), so the total never grows past the bound.
+            let rest = self.bytes - text_bytes(existing);
+            if rest + size > MAX_ANNOTATION_BYTES {
+                annotation.outcome = None;
+            }
+            self.bytes = rest + text_bytes(&annotation);
             *existing = annotation;
-        } else if self.items.len() < MAX_ANNOTATIONS {
+        } else if self.items.len() < MAX_ANNOTATIONS && self.bytes + size <= MAX_ANNOTATION_BYTES {
+            self.bytes += size;
             self.items.push(annotation);
         } else {
             self.dropped += 1;
@@ -414,7 +441,7 @@ impl AnnotationLog {
         &self.items
     }
 
-    /// Annotations not stored because the log was full.
+    /// Annotations not stored because the log was full (by count or by bytes).
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -465,8 +492,10 @@ impl Report {
 
     /// As [`Report::with_annotations`], in place.
     pub fn add_annotations(&mut self, annotations: impl IntoIterator<Item = Annotation>) {
+        let items = std::mem::take(&mut self.annotations);
         let mut log = AnnotationLog {
-            items: std::mem::take(&mut self.annotations),
+            bytes: items.iter().map(text_bytes).sum(),
+            items,
             dropped: self.annotations_dropped,
         };
         for a in annotations {
@@ -587,4 +616,97 @@ pub fn node_name_from_env() -> Option<String> {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotation(name: &str, start: i64, outcome: Option<&str>) -> Annotation {
+        Annotation {
+            kind: AnnotationKind::Test,
+            name: name.to_string(),
+            start: Timestamp(start),
+            end: outcome.map(|_| Timestamp(start + 1)),
+            outcome: outcome.map(str::to_string),
+        }
+    }
+
+    /// The bytes `log` counts agree with what it holds.
+    fn recount(log: &AnnotationLog) -> usize {
+        log.items().iter().map(text_bytes).sum()
+    }
+
+    #[test]
+    fn annotations_are_bounded_by_bytes_and_replacements_keep_the_total_right() {
+        // 4 KiB names (the API's longest) fill the bytes long before the count.
+        let name = |i: usize| format!("{i:04096}");
+        let fit = MAX_ANNOTATION_BYTES / 4096;
+        assert!(fit < MAX_ANNOTATIONS);
+        let mut log = AnnotationLog::default();
+        for i in 0..fit {
+            log.add(annotation(&name(i), 0, None));
+        }
+        assert_eq!((log.items().len(), log.dropped()), (fit, 0));
+        assert_eq!(log.bytes, MAX_ANNOTATION_BYTES);
+
+        log.add(annotation(&name(fit), 0, None));
+        log.add(annotation("x", 0, None));
+        assert_eq!(
+            (log.items().len(), log.dropped()),
+            (fit, 2),
+            "new ones beyond the bytes are counted, however small"
+        );
+
+        // A full log still takes a test's end; an outcome that does not fit is left out,
+        // and the end still closes the test.
+        log.add(annotation(&name(7), 0, Some("passed")));
+        let ended = &log.items()[7];
+        assert_eq!(
+            (ended.end, ended.outcome.as_deref()),
+            (Some(Timestamp(1)), None)
+        );
+        assert_eq!(log.dropped(), 2, "a replacement is never dropped");
+        assert_eq!(log.bytes, recount(&log));
+
+        // With room, a replacement's outcome is kept and counted once, however often it
+        // is replaced.
+        let mut log = AnnotationLog::default();
+        log.add(annotation("a", 5, None));
+        log.add(annotation("b", 5, None));
+        log.add(annotation("a", 5, Some("failed")));
+        log.add(annotation("a", 5, Some("passed")));
+        assert_eq!(log.items().len(), 2);
+        assert_eq!(log.items()[0].outcome.as_deref(), Some("passed"));
+        assert_eq!(log.bytes, "a".len() + "passed".len() + "b".len());
+        assert_eq!(log.bytes, recount(&log));
+    }
+
+    #[test]
+    fn reports_merging_annotations_start_from_the_bytes_they_hold() {
+        let big = "x".repeat(MAX_ANNOTATION_BYTES - 10);
+        let run = RunInfo {
+            id: "r".into(),
+            context: RunContext::default(),
+            agent_version: "test".into(),
+            status: RunStatus::Running,
+            started_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            ended_at: None,
+            duration_seconds: 0.0,
+            config_files: vec![],
+            node: None,
+            leadership: None,
+        };
+        let report = Report::new(run, Vec::new())
+            .with_annotations([annotation(&big, 0, None)])
+            .with_annotations([
+                annotation("eleven byte", 1, None),
+                annotation("ten bytes!", 2, None),
+            ]);
+        // The second merge counts the first one's bytes: 11 more do not fit, 10 do.
+        let names: Vec<_> = report.annotations.iter().map(|a| a.name.len()).collect();
+        assert_eq!(names, [big.len(), 10]);
+        assert_eq!(report.annotations_dropped, 1);
+    }
 }

@@ -72,7 +72,14 @@ type AgentServiceClient interface {
 	// Tail streams as it allows (1024); UNAUTHENTICATED without a valid token (when one is
 	// configured).
 	Tail(ctx context.Context, in *TailRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TailResponse], error)
-	// The current state of every invariant (no history).
+	// The current state of every invariant (no history). Answered from the agent's live
+	// state without waiting for evaluation, so polling it never delays probes: `state`,
+	// `state_since`, `reason`, `last_sample` and the sample counts are exact as of the call
+	// and agree with each other (a change due to time passing alone, such as a `for`
+	// duration elapsing, shows within about a second); `violations` and
+	// `disruption_seconds` come from the agent's latest report snapshot, taken every
+	// second, so they can be up to about a second old (e.g. still 0 just after the state
+	// became violated). GetReport gives totals computed at the call.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// The run report so far, rendered now (so it includes every annotation acknowledged
 	// before this call), in the requested format. Same content as report.json. While the
@@ -173,7 +180,14 @@ type AgentServiceServer interface {
 	// Tail streams as it allows (1024); UNAUTHENTICATED without a valid token (when one is
 	// configured).
 	Tail(*TailRequest, grpc.ServerStreamingServer[TailResponse]) error
-	// The current state of every invariant (no history).
+	// The current state of every invariant (no history). Answered from the agent's live
+	// state without waiting for evaluation, so polling it never delays probes: `state`,
+	// `state_since`, `reason`, `last_sample` and the sample counts are exact as of the call
+	// and agree with each other (a change due to time passing alone, such as a `for`
+	// duration elapsing, shows within about a second); `violations` and
+	// `disruption_seconds` come from the agent's latest report snapshot, taken every
+	// second, so they can be up to about a second old (e.g. still 0 just after the state
+	// became violated). GetReport gives totals computed at the call.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// The run report so far, rendered now (so it includes every annotation acknowledged
 	// before this call), in the requested format. Same content as report.json. While the
