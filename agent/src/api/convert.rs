@@ -11,7 +11,7 @@ use tonic::Status;
 use super::proto;
 use crate::config::Invariant;
 use crate::eval::{State, Transition};
-use crate::report::{self, AnnotationKind, InvariantReport, Report, RunContext};
+use crate::report::{self, AnnotationKind, InvariantReport, RunContext};
 use crate::sample::{Outcome, Sample, Timestamp};
 
 /// A timestamp for the wire.
@@ -144,21 +144,6 @@ pub fn apply_report_totals(status: &mut proto::InvariantStatus, entry: &Invarian
     let s = &entry.summary;
     status.violations = (s.violations.len() as u64).saturating_add(s.violations_dropped);
     status.disruption_seconds = s.disruption_seconds;
-}
-
-/// The run facts of a report (for GetStatus after the run ended, or before the feed
-/// knows them).
-pub fn report_run_info(report: &Report) -> proto::RunInfo {
-    let run = &report.run;
-    proto::RunInfo {
-        id: run.id.clone(),
-        started_at: Some(timestamp(run.started_at)),
-        node: run.node.clone().unwrap_or_default(),
-        cluster: run.context.cluster.clone().unwrap_or_default(),
-        job_name: run.context.job_name.clone().unwrap_or_default(),
-        build_id: run.context.build_id.clone().unwrap_or_default(),
-        agent_version: run.agent_version.to_string(),
-    }
 }
 
 /// Longest annotation name (and outcome) accepted, in bytes.
