@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
+        // Malformed messages are INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+        .codec_path("crate::api::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -8,13 +8,15 @@
 //! handing it annotations through its command channel; [`auth`] checks the bearer token;
 //! [`server`] binds the address, adds the health and reflection services and runs it all
 //! on its own thread, so API work never competes with probes for the engine's thread.
-//! [`convert`] maps the agent's types to the protobuf messages and back.
+//! [`convert`] maps the agent's types to the protobuf messages and back; [`codec`] makes
+//! a malformed message INVALID_ARGUMENT.
 //!
 //! Client side: [`client`] connects to a running agent for the `tail`, `status` and
 //! `report --addr` commands; [`render`] prints what they receive.
 
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod feed;
 pub mod proto;
