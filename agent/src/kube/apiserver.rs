@@ -10,14 +10,13 @@
 //! `series`, the body is Prometheus text reduced like the `metrics` probe's.
 
 use futures_util::FutureExt;
-use http::header::{ACCEPT, CONNECTION, CONTENT_LENGTH};
+use http::header::{ACCEPT, CONNECTION};
 use http::{HeaderValue, Request};
-use http_body_util::BodyExt;
 
 use super::KubeContext;
 use super::error::{from_client_error, from_status};
 use crate::config::spec::{Aggregation, ApiserverProbeSpec, BodyMatch, ConnectionMode};
-use crate::probe::http::check_body;
+use crate::probe::http::{check_body, read_capped};
 use crate::probe::metrics::{Selector, reduce};
 use crate::probe::{BuildError, Probe, ProbeFuture};
 use crate::sample::{ErrorClass, Observation, ProbeError};
@@ -112,34 +111,11 @@ impl ApiserverProbe {
         &self,
         response: http::Response<kube::client::Body>,
     ) -> Result<Vec<u8>, ProbeError> {
-        let cap = self.max_body_bytes;
-        let too_large = || {
-            ProbeError::new(
-                ErrorClass::BodyTooLarge,
-                format!("response body of {} is larger than {cap} bytes", self.path),
-            )
-        };
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > cap as u64) {
-            return Err(too_large());
-        }
-        let mut body = response.into_body();
-        let mut out = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(cap));
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| from_client_error(&kube::Error::Service(e.into()), &self.server))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len().saturating_add(data.len()) > cap {
-                    return Err(too_large());
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-        Ok(out)
+        let source = format!("of {}", self.path);
+        read_capped(response, self.max_body_bytes, &source, |e| {
+            from_client_error(&kube::Error::Service(e.into()), &self.server)
+        })
+        .await
     }
 }
 

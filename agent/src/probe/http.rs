@@ -152,36 +152,11 @@ impl HttpFetcher {
         &self,
         response: http::Response<Incoming>,
     ) -> Result<Vec<u8>, ProbeError> {
-        let cap = self.max_body_bytes;
-        let too_large = || {
-            ProbeError::new(
-                ErrorClass::BodyTooLarge,
-                format!(
-                    "response body from {} is larger than {cap} bytes",
-                    self.peer
-                ),
-            )
-        };
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > cap as u64) {
-            return Err(too_large());
-        }
-        let mut body = response.into_body();
-        let mut out = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(cap));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| classify(&e, Stage::Request, &self.peer))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len().saturating_add(data.len()) > cap {
-                    return Err(too_large());
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-        Ok(out)
+        let source = format!("from {}", self.peer);
+        read_capped(response, self.max_body_bytes, &source, |e| {
+            classify(&e, Stage::Request, &self.peer)
+        })
+        .await
     }
 
     /// Reads and discards the body (up to the cap) so a keep-alive connection can go back
@@ -413,6 +388,46 @@ impl BearerToken {
         });
         Ok(header)
     }
+}
+
+/// Reads the body of `response`, failing with `body_too_large` (naming `source`) as
+/// soon as it exceeds `cap` bytes, before reading anything when Content-Length already
+/// says so; the rest is never read. `read_error` classifies a failure mid-body. Shared by
+/// the http and apiserver probes.
+pub(crate) async fn read_capped<B>(
+    response: http::Response<B>,
+    cap: usize,
+    source: &str,
+    read_error: impl Fn(B::Error) -> ProbeError,
+) -> Result<Vec<u8>, ProbeError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let too_large = || {
+        ProbeError::new(
+            ErrorClass::BodyTooLarge,
+            format!("response body {source} is larger than {cap} bytes"),
+        )
+    };
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = response.into_body();
+    let mut out = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(cap));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(&read_error)?.into_data() {
+            if out.len().saturating_add(data.len()) > cap {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
