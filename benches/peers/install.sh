@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs or builds the peers benches/peers.sh compares the agent with, idempotently and
+# cached by version under ${XDG_CACHE_HOME:-$HOME/.cache}/invariant-agent:
+#
+#   prometheus + blackbox   Debian's prometheus and prometheus-blackbox-exporter (apt)
+#   otelcol                 the official OpenTelemetry Collector built from Go modules by
+#                           scripts/build-otelcol (otlp + prometheus receivers). Its
+#                           httpcheck receiver cannot be built here: the Go module proxy
+#                           refuses every release of it (403 "This module version is not
+#                           available"), so the HTTP scenarios use Telegraf instead.
+#   telegraf                Telegraf built from Go modules with only the plugins the bench
+#                           uses (http_response, prometheus inputs; discard output): the
+#                           substitute for the collector's httpcheck receiver
+#   target                  the bench's target server (benches/peers/target.go, stdlib only)
+#
+# Prints `name=path` lines on stdout, one per tool, for the caller to eval.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+TELEGRAF=1.37.2
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/invariant-agent"
+mkdir -p "$cache"
+export PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null 2>&1 || { echo "peers: Go toolchain not found (need go >= 1.25 to build Telegraf and the collector)" >&2; exit 1; }
+# Modules come from the Go module proxy only (never a VCS checkout).
+export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
+export CGO_ENABLED=0
+
+# Debian packages.
+if ! [ -x /usr/bin/prometheus ] || ! [ -x /usr/bin/prometheus-blackbox-exporter ]; then
+  echo "peers: installing prometheus and prometheus-blackbox-exporter (apt)" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-blackbox-exporter >&2
+fi
+# The packages start their services; the bench runs its own instances and wants the
+# machine quiet, so stop the packaged ones (they would also hold ports 9090/9115).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+fi
+
+# The official collector (scripts/build-otelcol caches it by version).
+otelcol="$("$repo/scripts/build-otelcol" | tail -1)"
+
+# Telegraf, only the plugins used. Its go.mod has no replace directives, so `go install
+# module@version` builds it straight from the module proxy.
+tdir="$cache/telegraf-$TELEGRAF"
+if ! [ -x "$tdir/telegraf" ]; then
+  echo "peers: building telegraf v$TELEGRAF (first time only; several minutes)" >&2
+  mkdir -p "$tdir"
+  GOFLAGS=-trimpath GOBIN="$tdir/bin.tmp" go install \
+    -tags "custom,inputs.http_response,inputs.prometheus,outputs.discard" \
+    "github.com/influxdata/telegraf/cmd/telegraf@v$TELEGRAF" >&2
+  mv "$tdir/bin.tmp/telegraf" "$tdir/telegraf"
+  rmdir "$tdir/bin.tmp"
+fi
+
+# The target server: rebuilt when its source changes.
+sum=$(sha256sum "$here/target.go" | cut -c1-16)
+target="$cache/peers-target-$sum"
+if ! [ -x "$target" ]; then
+  (cd "$here" && GO111MODULE=off go build -o "$target.tmp" target.go) >&2
+  mv "$target.tmp" "$target"
+fi
+
+echo "prometheus=/usr/bin/prometheus"
+echo "blackbox=/usr/bin/prometheus-blackbox-exporter"
+echo "otelcol=$otelcol"
+echo "telegraf=$tdir/telegraf"
+echo "target=$target"
