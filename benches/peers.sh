@@ -16,9 +16,10 @@
 # ratios against the agent, and the agent's sample-to-export latency. Installs what is
 # missing first (benches/peers/install.sh; cached by version). Run it on a quiet machine.
 #
-#   benches/peers.sh [--rounds 3] [--seconds 20] [--warmup 6] [--latency-seconds 10]
+#   benches/peers.sh [--rounds 3] [--seconds 18] [--warmup 6] [--latency-seconds 10]
 #                    [--scenarios idle,10,100,1000,metrics] [--tools agent,blackbox,telegraf,otelcol]
 #                    [--agent-connection reused|new] [--no-readme] [--json FILE]
+#   PEERS_BLACKBOX=0.27.0 benches/peers.sh ...   blackbox_exporter built from Go modules
 #
 # With the defaults it takes about 25 minutes (plus a first build of the peers) and
 # rewrites the marked table in benches/README.md; --no-readme only prints it.

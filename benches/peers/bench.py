@@ -332,6 +332,15 @@ def log_tail(work, tag, label):
         return ""
 
 
+def window(scenario, seconds):
+    """The measured window: --seconds, rounded up to whole probe intervals so each run
+    sees the same number of probes (matters for the 5 s /metrics scenario)."""
+    interval = SCENARIOS[scenario][1]
+    if interval > seconds:
+        return seconds
+    return -(-seconds // interval) * interval
+
+
 def measure(tool, scenario, args, work, target_port, rnd):
     tag = f"{tool.name}-{scenario}-r{rnd}"
     started = start(tool.processes(scenario), work, tag)
@@ -344,7 +353,7 @@ def measure(tool, scenario, args, work, target_port, rnd):
         s0 = target_stats(target_port)
         c0 = {label: proc_cpu_seconds(p.pid) for label, p, _ in started}
         t0 = time.monotonic()
-        time.sleep(args.seconds)
+        time.sleep(window(scenario, args.seconds))
         c1 = {label: proc_cpu_seconds(p.pid) for label, p, _ in started}
         t1 = time.monotonic()
         s1 = target_stats(target_port)
@@ -440,8 +449,23 @@ def summarize(runs):
     return summary
 
 
+def expected_rate(scenario):
+    n, interval, _ = SCENARIOS[scenario]
+    return n / interval
+
+
 def fmt(v, spec, unit=""):
     return "—" if v is None else f"{v:{spec}}{unit}"
+
+
+def rate(s, scenario):
+    """Probes per second answered, flagged when the tool fell short of its schedule (the
+    CPU per probe of a tool that could not keep up is not comparable)."""
+    got, want = s["probes_per_s"], expected_rate(scenario)
+    if got is None or scenario == "idle":
+        return fmt(got, ".1f")
+    short = f" (**short of {want:g}**)" if got < 0.95 * want else ""
+    return f"{got:.1f}{short}"
 
 
 def ratio(peer, agent):
@@ -454,7 +478,8 @@ def table(summary, latency, args, scenarios, tools, meta):
     lines = [
         f"Measured {meta['date']} by `{meta['command']}`: {meta['machine']}; load average "
         f"{meta['load_before']} before, {meta['load_after']} after. {args.rounds} round(s) per "
-        f"scenario, tools alternating, {args.warmup} s warm-up then a {args.seconds} s window; "
+        f"scenario, tools alternating, {args.warmup:g} s warm-up then a {args.seconds:g} s window "
+        f"(/metrics: {window('metrics', args.seconds):g} s, whole intervals); "
         "medians over rounds. Ratios are peer ÷ agent (above 1×: the agent uses less).",
         "",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
@@ -472,7 +497,7 @@ def table(summary, latency, args, scenarios, tools, meta):
             lines.append(
                 f"| {SCENARIO_TITLES[sc]} | {tool_title(name, sc)} | {fmt(s['rss_mib'], '.1f')} | "
                 f"{fmt(s['hwm_mib'], '.1f')} | {fmt(s['cpu_pct'], '.2f')} | "
-                f"{fmt(s['cpu_per_k'], '.3f') if sc != 'idle' else '—'} | {fmt(s['probes_per_s'], '.1f')} | "
+                f"{fmt(s['cpu_per_k'], '.3f') if sc != 'idle' else '—'} | {rate(s, sc)} | "
                 f"{'' if is_agent else ratio(s['rss_mib'], agent and agent['rss_mib'])} | "
                 f"{'' if is_agent or sc == 'idle' else ratio(s['cpu_per_k'], agent and agent['cpu_per_k'])} |")
             if len(s["processes"]) > 1:
@@ -541,7 +566,8 @@ def version(argv):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=20, help="measured window per run")
+    ap.add_argument("--seconds", type=float, default=18,
+                    help="measured window per run (the /metrics one is rounded up to whole intervals)")
     ap.add_argument("--warmup", type=float, default=6)
     ap.add_argument("--latency-seconds", type=float, default=10,
                     help="agent latency run per scenario (0: skip)")
@@ -608,8 +634,8 @@ def main():
         "versions": {
             "invariant-agent": version([paths["agent"], "--version"]),
             "prometheus": version([paths["prometheus"], "--version"]),
-            "blackbox_exporter": version([paths["blackbox"], "--version"]),
-            "telegraf": version([paths["telegraf"], "--version"]),
+            "blackbox_exporter": paths.get("blackbox_version") or version([paths["blackbox"], "--version"]),
+            "telegraf": paths.get("telegraf_version") or version([paths["telegraf"], "--version"]),
             "otelcol": version([paths["otelcol"], "--version"]),
         },
     }

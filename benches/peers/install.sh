@@ -2,7 +2,9 @@
 # Installs or builds the peers benches/peers.sh compares the agent with, idempotently and
 # cached by version under ${XDG_CACHE_HOME:-$HOME/.cache}/invariant-agent:
 #
-#   prometheus + blackbox   Debian's prometheus and prometheus-blackbox-exporter (apt)
+#   prometheus + blackbox   Debian's prometheus and prometheus-blackbox-exporter (apt);
+#                           with PEERS_BLACKBOX=VERSION (e.g. 0.27.0) blackbox_exporter is
+#                           built from Go modules at that version instead of Debian's 0.23
 #   otelcol                 the official OpenTelemetry Collector built from Go modules by
 #                           scripts/build-otelcol (otlp + prometheus receivers). Its
 #                           httpcheck receiver cannot be built here: the Go module proxy
@@ -13,11 +15,13 @@
 #                           substitute for the collector's httpcheck receiver
 #   target                  the bench's target server (benches/peers/target.go, stdlib only)
 #
-# Prints `name=path` lines on stdout, one per tool, for the caller to eval.
+# Prints `name=path` lines on stdout, one per tool, and `name_version=...` where the
+# binary cannot tell its own version (built without release flags).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 TELEGRAF=1.37.2
+BLACKBOX="${PEERS_BLACKBOX:-debian}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/invariant-agent"
 mkdir -p "$cache"
 export PATH="$PATH:/usr/local/go/bin"
@@ -36,6 +40,21 @@ fi
 # machine quiet, so stop the packaged ones (they would also hold ports 9090/9115).
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+fi
+
+# blackbox_exporter from Go modules, when asked for (its go.mod has no replace directives).
+blackbox=/usr/bin/prometheus-blackbox-exporter
+if [ "$BLACKBOX" != debian ]; then
+  bdir="$cache/blackbox_exporter-$BLACKBOX"
+  if ! [ -x "$bdir/blackbox_exporter" ]; then
+    echo "peers: building blackbox_exporter v$BLACKBOX (first time only)" >&2
+    mkdir -p "$bdir"
+    GOFLAGS=-trimpath GOBIN="$bdir/bin.tmp" go install "github.com/prometheus/blackbox_exporter@v$BLACKBOX" >&2
+    mv "$bdir/bin.tmp/blackbox_exporter" "$bdir/blackbox_exporter"
+    rmdir "$bdir/bin.tmp"
+  fi
+  blackbox="$bdir/blackbox_exporter"
+  echo "blackbox_version=$BLACKBOX (built from Go modules)"
 fi
 
 # The official collector (scripts/build-otelcol caches it by version).
@@ -63,7 +82,8 @@ if ! [ -x "$target" ]; then
 fi
 
 echo "prometheus=/usr/bin/prometheus"
-echo "blackbox=/usr/bin/prometheus-blackbox-exporter"
+echo "blackbox=$blackbox"
 echo "otelcol=$otelcol"
 echo "telegraf=$tdir/telegraf"
+echo "telegraf_version=$TELEGRAF (built from Go modules: http_response, prometheus, discard)"
 echo "target=$target"
