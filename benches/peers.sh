@@ -38,7 +38,10 @@ agent="$(pwd)/${CARGO_TARGET_DIR:-target}/release/invariant-agent"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 benches/peers/install.sh >"$work/paths"
-echo "agent=$agent" >>"$work/paths"
+{
+  echo "agent=$agent"
+  echo "agent_version=$("$agent" --version) (commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent || echo ', agent/ modified'))"
+} >>"$work/paths"
 
 # 1,000 keep-alive targets plus the tools' own connections need more than 1,024 files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -482,7 +482,7 @@ def table(summary, latency, args, scenarios, tools, meta):
         f"(/metrics: {window('metrics', args.seconds):g} s, whole intervals); "
         "medians over rounds. Ratios are peer ÷ agent (above 1×: the agent uses less).",
         "",
-        "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+        "Versions: " + "; ".join(meta["versions"]) + ".",
         "",
         "| scenario | tool | RSS (MiB) | peak RSS (MiB) | CPU (% of a core) | CPU-s per 1,000 probes | probes/s | RSS ratio | CPU/probe ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -631,13 +631,13 @@ def main():
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "load_before": load_before,
         "load_after": "%.2f %.2f %.2f" % os.getloadavg(),
-        "versions": {
-            "invariant-agent": version([paths["agent"], "--version"]),
-            "prometheus": version([paths["prometheus"], "--version"]),
-            "blackbox_exporter": paths.get("blackbox_version") or version([paths["blackbox"], "--version"]),
-            "telegraf": paths.get("telegraf_version") or version([paths["telegraf"], "--version"]),
-            "otelcol": version([paths["otelcol"], "--version"]),
-        },
+        "versions": [
+            paths.get("agent_version") or version([paths["agent"], "--version"]),
+            version([paths["prometheus"], "--version"]),
+            version([paths["blackbox"], "--version"]),
+            paths.get("telegraf_version") or version([paths["telegraf"], "--version"]),
+            version([paths["otelcol"], "--version"]),
+        ],
     }
     text = table(summary, latency, args, scenarios, tools, meta)
     print(text)

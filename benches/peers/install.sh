@@ -42,19 +42,24 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 
-# blackbox_exporter from Go modules, when asked for (its go.mod has no replace directives).
+# blackbox_exporter from Go modules, when asked for. `go install module@version` does not
+# work for it here (it reads the module's version list, which the proxy refuses), so a
+# throwaway module requires that version and builds its main package.
 blackbox=/usr/bin/prometheus-blackbox-exporter
 if [ "$BLACKBOX" != debian ]; then
   bdir="$cache/blackbox_exporter-$BLACKBOX"
   if ! [ -x "$bdir/blackbox_exporter" ]; then
     echo "peers: building blackbox_exporter v$BLACKBOX (first time only)" >&2
     mkdir -p "$bdir"
-    GOFLAGS=-trimpath GOBIN="$bdir/bin.tmp" go install "github.com/prometheus/blackbox_exporter@v$BLACKBOX" >&2
-    mv "$bdir/bin.tmp/blackbox_exporter" "$bdir/blackbox_exporter"
-    rmdir "$bdir/bin.tmp"
+    mod="$(mktemp -d)"
+    printf 'module peers/blackbox\n\ngo 1.23\n\nrequire github.com/prometheus/blackbox_exporter v%s\n' "$BLACKBOX" >"$mod/go.mod"
+    (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath \
+      -ldflags "-X github.com/prometheus/common/version.Version=$BLACKBOX" \
+      -o "$bdir/blackbox_exporter.tmp" github.com/prometheus/blackbox_exporter) >&2
+    rm -rf "$mod"
+    mv "$bdir/blackbox_exporter.tmp" "$bdir/blackbox_exporter"
   fi
   blackbox="$bdir/blackbox_exporter"
-  echo "blackbox_version=$BLACKBOX (built from Go modules)"
 fi
 
 # The official collector (scripts/build-otelcol caches it by version).
@@ -85,5 +90,5 @@ echo "prometheus=/usr/bin/prometheus"
 echo "blackbox=$blackbox"
 echo "otelcol=$otelcol"
 echo "telegraf=$tdir/telegraf"
-echo "telegraf_version=$TELEGRAF (built from Go modules: http_response, prometheus, discard)"
+echo "telegraf_version=Telegraf $TELEGRAF (built from Go modules: http_response, prometheus, discard)"
 echo "target=$target"
