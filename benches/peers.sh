@@ -36,7 +36,12 @@ cargo build --release --quiet --bin invariant-agent
 agent="$(pwd)/${CARGO_TARGET_DIR:-target}/release/invariant-agent"
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Kept when something failed, for its configs and logs.
+cleanup() {
+  local status=$?
+  if [ "$status" = 0 ]; then rm -rf "$work"; else echo "peers: failed; configs and logs are in $work" >&2; fi
+}
+trap cleanup EXIT
 benches/peers/install.sh >"$work/paths"
 {
   echo "agent=$agent"

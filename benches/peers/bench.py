@@ -597,6 +597,13 @@ def main():
             ap.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
 
     work = os.path.abspath(args.work)
+    runs_planned = sum(len([t for t in tools if sc in TOOLS[t].scenarios]) for sc in scenarios)
+    latency_runs = len([sc for sc in scenarios if sc != "idle"]) if "agent" in tools and args.latency_seconds > 0 else 0
+    estimate = args.rounds * sum(
+        len([t for t in tools if sc in TOOLS[t].scenarios]) * (args.warmup + window(sc, args.seconds) + 2.5)
+        for sc in scenarios) + latency_runs * (min(args.warmup, 3) + args.latency_seconds + 2)
+    print(f"peers: {runs_planned * args.rounds} runs + {latency_runs} latency runs, about "
+          f"{estimate / 60:.0f} min", file=sys.stderr, flush=True)
     load_before = "%.2f %.2f %.2f" % os.getloadavg()
     target_port = free_port()
     target = subprocess.Popen([paths["target"], "-listen", f"127.0.0.1:{target_port}"],
@@ -661,4 +668,7 @@ def cpu_model():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:
+        sys.exit(f"peers: {e}")
