@@ -6,8 +6,9 @@ For each scenario the tools run one after another, alternating, for --rounds rou
 r starts with the r-th tool, so no tool always runs first after a scenario change). Each
 run: start the tool, wait --warmup seconds, then over --seconds seconds measure
 
-* CPU seconds of each of the tool's processes (utime + stime from /proc/PID/stat, clock
-  ticks: 10 ms resolution),
+* CPU seconds of each of the tool's processes: from a cgroup of its own where one can be
+  made (every thread, exited ones too, to the microsecond), else utime + stime from
+  /proc/PID/stat (clock ticks: 10 ms resolution),
 * VmRSS at the end of the window and VmHWM (peak since start) of each process,
 * the probes really made: requests the target server answered in the window (its own
   counter, the same for every tool), scrapes of /metrics for the metrics scenario.
@@ -79,6 +80,67 @@ def proc_cpu_seconds(pid):
         # The command name (field 2) may contain spaces: split after its closing parenthesis.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cgroup_base():
+    """Where this user may make a CPU-accounting cgroup per tool process: cgroup v2 (cpu.stat
+    usage_usec) or v1 cpuacct (cpuacct.usage, ns). Both count every thread, exited ones
+    included, to the microsecond; /proc/PID/stat only in clock ticks (10 ms)."""
+    probe = f"peers-probe-{os.getpid()}"
+    for kind, base in (("v2", "/sys/fs/cgroup"), ("v1", "/sys/fs/cgroup/cpuacct")):
+        marker = "cgroup.controllers" if kind == "v2" else "cpuacct.usage"
+        if not os.path.exists(os.path.join(base, marker)):
+            continue
+        try:
+            os.mkdir(os.path.join(base, probe))
+            os.rmdir(os.path.join(base, probe))
+            return kind, base
+        except OSError:
+            continue
+    return None
+
+
+class CpuMeter:
+    """CPU seconds of one tool process: from its own cgroup when one could be made (see
+    cgroup_base), else from /proc/PID/stat. Only differences are used, so the moment the
+    process joins the cgroup (just after it started, before the warm-up ends) does not
+    matter."""
+
+    def __init__(self, pid, name, base):
+        self.pid, self.path, self.kind = pid, None, "/proc/PID/stat (10 ms ticks)"
+        if base is None:
+            return
+        kind, root = base
+        path = os.path.join(root, f"peers-{os.getpid()}-{name}")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+            self.path, self.version = path, kind
+            self.kind = "cgroup v2 cpu.stat" if kind == "v2" else "cgroup v1 cpuacct.usage"
+        except OSError:
+            self.close()
+
+    def seconds(self):
+        if self.path is None:
+            return proc_cpu_seconds(self.pid)
+        if self.version == "v1":
+            with open(os.path.join(self.path, "cpuacct.usage")) as f:
+                return int(f.read()) / 1e9
+        with open(os.path.join(self.path, "cpu.stat")) as f:
+            for line in f:
+                key, value = line.split()
+                if key == "usage_usec":
+                    return int(value) / 1e6
+        raise RuntimeError(f"{self.path}/cpu.stat has no usage_usec")
+
+    def close(self):
+        # Empty once the process has exited; a cgroup still in use is left to the system.
+        if self.path:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
 
 
 def proc_memory_kib(pid):
@@ -303,13 +365,17 @@ def tool_title(name, scenario):
     }[name]
 
 
+CGROUP = None  # set in main: cgroup_base()
+
+
 def start(procs, work, tag):
+    """Starts the processes; returns [(label, Popen, log, CpuMeter)]."""
     started = []
     try:
         for label, argv, port in procs:
             log = open(os.path.join(work, f"{tag}-{label}.log"), "w")
             p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-            started.append((label, p, log))
+            started.append((label, p, log, CpuMeter(p.pid, f"{tag}-{label}", CGROUP)))
             if port is not None:
                 wait_port(port, label, p)
     except Exception:
@@ -319,9 +385,10 @@ def start(procs, work, tag):
 
 
 def stop_all(started):
-    for _, p, log in reversed(started):
+    for _, p, log, meter in reversed(started):
         stop(p)
         log.close()
+        meter.close()
 
 
 def log_tail(work, tag, label):
@@ -346,19 +413,19 @@ def measure(tool, scenario, args, work, target_port, rnd):
     started = start(tool.processes(scenario), work, tag)
     try:
         time.sleep(args.warmup)
-        for label, p, _ in started:
+        for label, p, _, _ in started:
             if p.poll() is not None:
                 raise RuntimeError(f"{label} exited with {p.returncode} during warm-up "
                                    f"({scenario}):\n{log_tail(work, tag, label)}")
         s0 = target_stats(target_port)
-        c0 = {label: proc_cpu_seconds(p.pid) for label, p, _ in started}
+        c0 = {label: meter.seconds() for label, _, _, meter in started}
         t0 = time.monotonic()
         time.sleep(window(scenario, args.seconds))
-        c1 = {label: proc_cpu_seconds(p.pid) for label, p, _ in started}
+        c1 = {label: meter.seconds() for label, _, _, meter in started}
         t1 = time.monotonic()
         s1 = target_stats(target_port)
-        mem = {label: proc_memory_kib(p.pid) for label, p, _ in started}
-        for label, p, _ in started:
+        mem = {label: proc_memory_kib(p.pid) for label, p, _, _ in started}
+        for label, p, _, _ in started:
             if p.poll() is not None:
                 raise RuntimeError(f"{label} exited with {p.returncode} while measured "
                                    f"({scenario}):\n{log_tail(work, tag, label)}")
@@ -371,6 +438,7 @@ def measure(tool, scenario, args, work, target_port, rnd):
         "probes": s1[key] - s0[key],
         "processes": {label: {"cpu_s": c1[label] - c0[label], "rss_kib": mem[label][0],
                               "hwm_kib": mem[label][1]} for label in c0},
+        "cpu_source": sorted({meter.kind for _, _, _, meter in started}),
     }
 
 
@@ -478,9 +546,11 @@ def table(summary, latency, args, scenarios, tools, meta):
     lines = [
         f"Measured {meta['date']} by `{meta['command']}`: {meta['machine']}; load average "
         f"{meta['load_before']} before, {meta['load_after']} after. {args.rounds} round(s) per "
-        f"scenario, tools alternating, {args.warmup:g} s warm-up then a {args.seconds:g} s window "
-        f"(/metrics: {window('metrics', args.seconds):g} s, whole intervals); "
-        "medians over rounds. Ratios are peer ÷ agent (above 1×: the agent uses less).",
+        f"scenario, tools alternating, {args.warmup:g} s warm-up then a {args.seconds:g} s window"
+        + (f" (/metrics: {window('metrics', args.seconds):g} s, whole intervals); "
+           if "metrics" in scenarios else "; ") +
+        f"medians over rounds. CPU from {meta['cpu_source']}. Ratios are peer ÷ agent "
+        "(above 1×: the agent uses less).",
         "",
         "Versions: " + "; ".join(meta["versions"]) + ".",
         "",
@@ -597,6 +667,8 @@ def main():
             ap.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
 
     work = os.path.abspath(args.work)
+    global CGROUP
+    CGROUP = cgroup_base()
     runs_planned = sum(len([t for t in tools if sc in TOOLS[t].scenarios]) for sc in scenarios)
     latency_runs = len([sc for sc in scenarios if sc != "idle"]) if "agent" in tools and args.latency_seconds > 0 else 0
     estimate = args.rounds * sum(
@@ -636,6 +708,7 @@ def main():
         "command": args.command,
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, {cpu_model()}, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        "cpu_source": ", ".join(sorted({k for r in runs for k in r["cpu_source"]})),
         "load_before": load_before,
         "load_after": "%.2f %.2f %.2f" % os.getloadavg(),
         "versions": [
