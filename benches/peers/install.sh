@@ -30,16 +30,16 @@ command -v go >/dev/null 2>&1 || { echo "peers: Go toolchain not found (need go 
 export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 export CGO_ENABLED=0
 
-# Debian packages.
+# Debian packages. Installing them starts their services; the bench runs its own instances
+# and wants the machine quiet, so stop the services it just started (they would also hold
+# ports 9090/9115). Services that were there before are left alone.
 if ! [ -x /usr/bin/prometheus ] || ! [ -x /usr/bin/prometheus-blackbox-exporter ]; then
   echo "peers: installing prometheus and prometheus-blackbox-exporter (apt)" >&2
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-blackbox-exporter >&2
-fi
-# The packages start their services; the bench runs its own instances and wants the
-# machine quiet, so stop the packaged ones (they would also hold ports 9090/9115).
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 fi
 
 # blackbox_exporter from Go modules, when asked for. `go install module@version` does not
