@@ -33,12 +33,15 @@ export CGO_ENABLED=0
 # Debian packages. Installing them starts their services; the bench runs its own instances
 # and wants the machine quiet, so stop the services it just started (they would also hold
 # ports 9090/9115). Services that were there before are left alone.
-if ! [ -x /usr/bin/prometheus ] || ! [ -x /usr/bin/prometheus-blackbox-exporter ]; then
-  echo "peers: installing prometheus and prometheus-blackbox-exporter (apt)" >&2
+missing=()
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
+[ -x /usr/bin/prometheus-blackbox-exporter ] || missing+=(prometheus-blackbox-exporter)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "peers: installing ${missing[*]} (apt)" >&2
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-blackbox-exporter >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+    systemctl stop "${missing[@]}" >/dev/null 2>&1 || true
   fi
 fi
 
