@@ -310,6 +310,7 @@ impl Engine {
             config_files: self.meta.config_files.clone(),
             node: self.meta.node.clone(),
             leadership,
+            gaps: Vec::new(),
         };
         let mut report = Report::new(run, invariants);
         if !self.annotations.items().is_empty() || self.annotations.dropped() > 0 {

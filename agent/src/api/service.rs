@@ -13,6 +13,7 @@ use super::proto::agent_service_server::AgentService;
 use super::{MAX_MESSAGE_BYTES, convert, proto, tail};
 use crate::engine::{Command, Snapshots};
 use crate::report::junit::JunitMode;
+use crate::report::resume::Resumed;
 use crate::report::{Report, RunStatus};
 use crate::sample::Timestamp;
 
@@ -30,16 +31,20 @@ pub struct AgentApi {
     snapshots: Snapshots,
     junit_mode: JunitMode,
     tailers: Arc<Semaphore>,
+    /// The run so far, when this agent resumed it (merged into every report served).
+    resumed: Option<Arc<Resumed>>,
 }
 
 impl AgentApi {
     /// The service over `feed`, sending commands to the engine on `commands` and reading
-    /// its `snapshots`; JUnit reports are rendered in `junit_mode`.
+    /// its `snapshots`; JUnit reports are rendered in `junit_mode`. When this agent
+    /// resumed a run, reports are merged with the run so far (`resumed`).
     pub fn new(
         feed: Feed,
         commands: mpsc::Sender<Command>,
         snapshots: Snapshots,
         junit_mode: JunitMode,
+        resumed: Option<Arc<Resumed>>,
     ) -> Self {
         AgentApi {
             feed,
@@ -47,11 +52,22 @@ impl AgentApi {
             snapshots,
             junit_mode,
             tailers: Arc::new(Semaphore::new(MAX_TAILERS)),
+            resumed,
         }
     }
 
-    /// A report built now by the engine; once the run has ended, the final report.
+    /// The whole run's report as of now (once the run has ended, the final report).
     async fn report(&self) -> Result<Arc<Report>, Status> {
+        let segment = self.segment_report().await?;
+        Ok(crate::report::resume::whole_run(
+            self.resumed.as_deref(),
+            segment,
+        ))
+    }
+
+    /// This agent's report built now by the engine; once the run has ended, the final
+    /// one.
+    async fn segment_report(&self) -> Result<Arc<Report>, Status> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Report(reply)).await.is_ok()
             && let Ok(report) = answer.await
@@ -231,7 +247,13 @@ invariants:
     /// for it. Returns the response and whether a command was sent.
     async fn get_status(feed: &Feed, snapshots: Snapshots) -> (proto::GetStatusResponse, bool) {
         let (commands, mut inbox) = mpsc::channel(8);
-        let api = AgentApi::new(feed.clone(), commands, snapshots, JunitMode::default());
+        let api = AgentApi::new(
+            feed.clone(),
+            commands,
+            snapshots,
+            JunitMode::default(),
+            None,
+        );
         let status = tokio::time::timeout(
             Duration::from_secs(5),
             api.get_status(Request::new(proto::GetStatusRequest {})),
