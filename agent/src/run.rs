@@ -271,12 +271,8 @@ fn resume_or_start(
         context,
         invariants: &options.set.invariants,
     };
-    let resumed = report::resume::prepare(
-        &options.report_dir,
-        &options.report.resume,
-        &identity,
-        now,
-    )?;
+    let resumed =
+        report::resume::prepare(&options.report_dir, &options.report.resume, &identity, now)?;
     Ok(resumed.map(Arc::new))
 }
 

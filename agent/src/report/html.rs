@@ -409,7 +409,8 @@ fn details(o: &mut String, report: &Report, i: &InvariantReport) {
             h(&i.name),
             n + 1,
             match (v.expected, v.ended_by_gap) {
-                (true, true) => " <span class=\"tag\">expected</span> <span class=\"tag\">ended by gap</span>",
+                (true, true) =>
+                    " <span class=\"tag\">expected</span> <span class=\"tag\">ended by gap</span>",
                 (true, false) => " <span class=\"tag\">expected</span>",
                 (false, true) => " <span class=\"tag\">ended by gap</span>",
                 (false, false) => "",

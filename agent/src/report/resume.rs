@@ -364,10 +364,22 @@ pub fn different_run(
 /// description, labels and `expectedDisruptions` may change (attribution is recomputed).
 fn changed_declaration(then: &InvariantReport, now: &Invariant) -> Option<String> {
     let fields = [
-        ("scope", then.scope.to_string(), now.scope.as_str().to_string()),
-        ("probe", then.probe.to_string(), now.probe.kind().to_string()),
+        (
+            "scope",
+            then.scope.to_string(),
+            now.scope.as_str().to_string(),
+        ),
+        (
+            "probe",
+            then.probe.to_string(),
+            now.probe.kind().to_string(),
+        ),
         ("target", then.target.clone(), now.probe.target()),
-        ("condition", then.condition_text.clone(), now.condition.describe()),
+        (
+            "condition",
+            then.condition_text.clone(),
+            now.condition.describe(),
+        ),
         (
             "interval",
             format!("{}s", then.interval_seconds),
@@ -379,12 +391,15 @@ fn changed_declaration(then: &InvariantReport, now: &Invariant) -> Option<String
             format!("{}s", now.timeout.as_secs_f64()),
         ),
     ];
-    fields.into_iter().find(|(_, a, b)| a != b).map(|(what, a, b)| {
-        format!(
-            "invariant {} changed its {what} from {a:?} to {b:?}",
-            now.name
-        )
-    })
+    fields
+        .into_iter()
+        .find(|(_, a, b)| a != b)
+        .map(|(what, a, b)| {
+            format!(
+                "invariant {} changed its {what} from {a:?} to {b:?}",
+                now.name
+            )
+        })
 }
 
 /// The whole run's report from the checkpoint `prior` (itself possibly merged) and the
@@ -407,10 +422,12 @@ pub fn merge(prior: &Report, segment: &Report) -> Report {
     let mut invariants: Vec<InvariantReport> = segment
         .invariants
         .iter()
-        .map(|s| match prior.invariants.iter().find(|p| p.name == s.name) {
-            Some(p) => merge_invariant(p, s, cut),
-            None => s.clone(),
-        })
+        .map(
+            |s| match prior.invariants.iter().find(|p| p.name == s.name) {
+                Some(p) => merge_invariant(p, s, cut),
+                None => s.clone(),
+            },
+        )
         .collect();
     // Only a hand-made pair of reports has invariants the segment lacks; keep them.
     for p in &prior.invariants {
@@ -534,4 +551,621 @@ fn add_totals(a: Totals, b: Totals) -> Totals {
 fn percent(ok: u64, failed: u64) -> Option<f64> {
     let total = ok.saturating_add(failed);
     (total > 0).then(|| ok as f64 * 100.0 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::InvariantSet;
+    use crate::engine::{Engine, RunMeta};
+    use crate::report::{Annotation, AnnotationKind, Verdict};
+    use crate::sample::{ErrorClass, Observation, ProbeError, Sample};
+    use crate::schedule::Event;
+
+    const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: api
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+    expectedDisruptions: ['\[Disruptive\]']
+  - name: restarts
+    description: d
+    owner: o
+    interval: 1s
+    probe: {metrics: {url: "http://127.0.0.1:1/metrics", series: restarts_total}}
+    condition: {increase: {max: 1000000}}
+"#;
+
+    fn set() -> InvariantSet {
+        crate::config::parse_str("f.yaml", FILE).unwrap()
+    }
+
+    /// What happens in one segment: samples of `api` (`ok`) and of `restarts` (counter
+    /// value), and tests that ran.
+    #[derive(Clone, Debug)]
+    struct Segment {
+        start: i64,
+        samples: Vec<(i64, bool, f64)>,
+        tests: Vec<Annotation>,
+        end: i64,
+    }
+
+    /// This segment's report, as a real engine builds it (status running: the agent was
+    /// killed after it, or `completed` for the last one).
+    fn segment_report(s: &Segment, status: RunStatus) -> Report {
+        let meta = RunMeta {
+            id: crate::report::generated_run_id(Timestamp(s.start)),
+            started_at: Timestamp(s.start),
+            config_files: vec!["f.yaml".into()],
+            node: Some("node-1".into()),
+        };
+        let mut engine = Engine::new(&set(), meta);
+        for t in &s.tests {
+            engine.annotate(t.clone());
+        }
+        for &(at, ok, value) in &s.samples {
+            let observation = if ok {
+                Observation::Ok { value: None }
+            } else {
+                Observation::Failed(ProbeError::new(ErrorClass::HttpStatus, "status 500"))
+            };
+            let sample = |observation| Sample {
+                at: Timestamp(at),
+                latency: Duration::from_millis(1 + (at % 97) as u64),
+                observation,
+            };
+            engine.handle(Event::Sample {
+                invariant: 0,
+                sample: sample(observation),
+            });
+            engine.handle(Event::Sample {
+                invariant: 1,
+                sample: sample(Observation::Ok { value: Some(value) }),
+            });
+        }
+        engine.report(Timestamp(s.end), status)
+    }
+
+    fn test_annotation(name: &str, start: i64, end: Option<i64>) -> Annotation {
+        Annotation {
+            kind: AnnotationKind::Test,
+            name: name.into(),
+            start: Timestamp(start),
+            end: end.map(Timestamp),
+            outcome: end.map(|_| "passed".into()),
+        }
+    }
+
+    /// Segments of a run: samples every second from `start`, failing in `[fail_from,
+    /// fail_to)`.
+    fn steady(start: i64, end: i64, fail: (i64, i64)) -> Segment {
+        let samples = (start..end)
+            .step_by(1000)
+            .map(|at| (at, !(fail.0..fail.1).contains(&at), (at / 1000) as f64))
+            .collect();
+        Segment {
+            start,
+            samples,
+            tests: Vec::new(),
+            end,
+        }
+    }
+
+    #[test]
+    fn a_violation_open_at_the_kill_ends_at_the_last_checkpoint_and_the_gap_is_recorded() {
+        // Failing from 5 s until the kill (last checkpoint at 10 s); restarted at 30 s.
+        let a = segment_report(&steady(0, 10_000, (5_000, 99_000)), RunStatus::Running);
+        assert_eq!(a.invariants[0].summary.violations[0].end, None);
+        let b = segment_report(&steady(30_000, 40_000, (0, 0)), RunStatus::Completed);
+        let merged = merge(&a, &b);
+
+        assert_eq!(merged.run.id, a.run.id);
+        assert_eq!(merged.run.started_at, Timestamp(0));
+        assert_eq!(merged.run.status, RunStatus::Completed);
+        assert_eq!(merged.run.duration_seconds, 40.0);
+        assert_eq!(
+            merged.run.gaps,
+            [Gap {
+                start: Timestamp(10_000),
+                end: Timestamp(30_000),
+                reason: GapReason::AgentRestarted
+            }]
+        );
+        let api = &merged.invariants[0];
+        let v = &api.summary.violations;
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].start, Timestamp(5_000));
+        assert_eq!(v[0].end, Some(Timestamp(10_000)));
+        assert!(v[0].ended_by_gap);
+        assert_eq!(api.verdict, Verdict::Violated);
+        assert_eq!(merged.totals.violated, 1);
+        let s = &api.summary.samples;
+        assert_eq!((s.ok, s.failed), (5 + 10, 5));
+        assert_eq!(api.summary.availability_percent, Some(75.0));
+        assert_eq!(api.summary.state, crate::eval::State::Holding);
+        // The counter grew 0..9 before the kill and 30..39 after: 9 + 9 over the run
+        // (growth while the agent was down is not seen).
+        assert_eq!(merged.invariants[1].summary.increase, Some(18.0));
+        assert_eq!(merged.invariants[1].summary.last_value, Some(39.0));
+    }
+
+    #[test]
+    fn tests_are_attributed_across_segments_and_a_test_end_after_the_restart_closes_it() {
+        let mut a = steady(0, 10_000, (5_000, 99_000));
+        a.tests = vec![test_annotation("kill it [Disruptive]", 4_000, None)];
+        let mut b = steady(30_000, 40_000, (0, 0));
+        b.tests = vec![test_annotation("kill it [Disruptive]", 4_000, Some(32_000))];
+        let merged = merge(
+            &segment_report(&a, RunStatus::Running),
+            &segment_report(&b, RunStatus::Completed),
+        );
+        assert_eq!(merged.annotations.len(), 1, "the end replaced the start");
+        assert_eq!(merged.annotations[0].end, Some(Timestamp(32_000)));
+        let v = &merged.invariants[0].summary.violations[0];
+        assert_eq!(v.expected_by, ["kill it [Disruptive]"]);
+        assert_eq!(merged.invariants[0].verdict, Verdict::ExpectedDisruption);
+        assert_eq!(merged.totals.expected_disruption, 1);
+    }
+
+    #[test]
+    fn merged_reports_match_the_schema_and_every_form_shows_the_gap() {
+        let a = segment_report(&steady(0, 10_000, (5_000, 99_000)), RunStatus::Running);
+        let b = segment_report(&steady(30_000, 40_000, (0, 0)), RunStatus::Completed);
+        let merged = merge(&a, &b);
+        let schema: serde_json::Value = serde_json::from_str(crate::report::JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&merged.to_json()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(json["run"]["gaps"][0]["reason"], "agent_restarted");
+        assert_eq!(json["invariants"][0]["violations"][0]["ended_by_gap"], true);
+        // It reads back as it was written.
+        let back = Report::from_json("r.json", &merged.to_json()).unwrap();
+        assert_eq!(back.run.gaps, merged.run.gaps);
+
+        let text = crate::report::text::render(&merged);
+        assert!(text.contains("gap: 1970-01-01T00:00:10.000Z → 1970-01-01T00:00:30.000Z (20.0s): agent restarted; no samples"), "{text}");
+        assert!(text.contains("ended by the gap"), "{text}");
+        let md = crate::report::markdown::render(&merged);
+        assert!(
+            md.contains("**Gap:**") && md.contains("ended by gap"),
+            "{md}"
+        );
+        let junit = crate::report::junit::render(&merged, Default::default());
+        assert!(
+            junit.contains(r#"<property name="run_gaps" value="1"/>"#)
+                && junit.contains(r#"<property name="run_gap_seconds" value="20.000"/>"#)
+                && junit.contains("gap: 1970-01-01T00:00:10.000Z"),
+            "{junit}"
+        );
+        let html = crate::report::html::render(&merged);
+        assert!(
+            html.contains(r#"class="gap" data-kind="gap""#)
+                && html.contains(r#"data-start="10000" data-end="30000""#)
+                && html.contains(r#"id="run-gaps""#)
+                && html.contains(r#"data-ended-by-gap="true""#),
+            "{html}"
+        );
+        let bigquery: serde_json::Value =
+            serde_json::from_str(crate::report::BIGQUERY_SCHEMA).unwrap();
+        for line in crate::report::ndjson::render(&merged).lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let problems =
+                crate::report::ndjson::check_row_against_bigquery_schema(&row, &bigquery);
+            assert!(problems.is_empty(), "{problems:#?}");
+            assert_eq!(row["run_gap_seconds"], 20.0);
+            assert_eq!(row["run_gaps"][0]["duration_seconds"], 20.0);
+        }
+    }
+
+    #[test]
+    fn not_examined_invariants_say_the_agent_was_down_in_junit() {
+        // Nothing sampled in either segment.
+        let a = segment_report(&steady(0, 0, (0, 0)), RunStatus::Running);
+        let b = segment_report(&steady(5_000, 5_000, (0, 0)), RunStatus::Completed);
+        let merged = merge(&a, &b);
+        assert_eq!(merged.totals.not_examined, 2);
+        let junit = crate::report::junit::render(&merged, Default::default());
+        assert!(
+            junit.contains("no invariant was sampled for 5.0s of the run, in 1 gap"),
+            "{junit}"
+        );
+    }
+
+    // ----- identity and the report directory -----
+
+    fn identity<'a>(id: &'a str, set: &'a InvariantSet, context: &'a RunContext) -> Identity<'a> {
+        Identity {
+            run_id: id,
+            node: Some("node-1"),
+            context,
+            invariants: &set.invariants,
+        }
+    }
+
+    fn checkpoint(dir: &Path, report: &Report) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(REPORT_FILE), report.to_json()).unwrap();
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_same_run_is_resumed_and_a_generated_id_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = segment_report(&steady(0, 10_000, (0, 0)), RunStatus::Running);
+        checkpoint(dir.path(), &a);
+        let (set, context) = (set(), RunContext::default());
+        let fresh = crate::report::generated_run_id(Timestamp(20_000));
+        let resumed = prepare(
+            dir.path(),
+            &ResumeArgs::default(),
+            &identity(&fresh, &set, &context),
+            Timestamp(20_000),
+        )
+        .unwrap()
+        .expect("resumed");
+        assert_eq!(resumed.run_id(), a.run.id);
+        assert_eq!(files(dir.path()), ["report.json"], "left in place");
+    }
+
+    #[test]
+    fn another_run_is_kept_aside_and_a_new_run_starts() {
+        let (set, context) = (set(), RunContext::default());
+        let a = segment_report(&steady(0, 10_000, (0, 0)), RunStatus::Running);
+        let other_context = RunContext {
+            cluster: Some("other".into()),
+            ..RunContext::default()
+        };
+        let mut changed = set.clone();
+        changed.invariants[0].interval = Duration::from_secs(2);
+        let cases: Vec<(&str, Identity<'_>, i64, &str)> = vec![
+            (
+                "ci id",
+                identity("1234", &set, &context),
+                20_000,
+                "this is run \"1234\" ($PROW_JOB_ID",
+            ),
+            (
+                "node",
+                Identity {
+                    node: Some("node-2"),
+                    ..identity("run-1-0000000a", &set, &context)
+                },
+                20_000,
+                "node",
+            ),
+            (
+                "cluster",
+                identity("run-1-0000000a", &set, &other_context),
+                20_000,
+                "cluster",
+            ),
+            (
+                "too old",
+                identity("run-1-0000000a", &set, &context),
+                10_000 + 16 * 60_000,
+                "--resume-max-age",
+            ),
+            (
+                "future",
+                identity("run-1-0000000a", &set, &context),
+                10_000 - 120_000,
+                "clock moved back",
+            ),
+            (
+                "config",
+                identity("run-1-0000000a", &changed, &context),
+                20_000,
+                "invariant api changed its interval from \"1s\" to \"2s\"",
+            ),
+        ];
+        for (what, id, now, reason) in cases {
+            assert_eq!(
+                different_run(&a, &id, Timestamp(now), DEFAULT_MAX_AGE)
+                    .unwrap_or_else(|| panic!("{what}: resumed"))
+                    .contains(reason),
+                true,
+                "{what}: {:?}",
+                different_run(&a, &id, Timestamp(now), DEFAULT_MAX_AGE)
+            );
+            let dir = tempfile::tempdir().unwrap();
+            checkpoint(dir.path(), &a);
+            let resumed = prepare(dir.path(), &ResumeArgs::default(), &id, Timestamp(now)).unwrap();
+            assert!(resumed.is_none(), "{what}");
+            assert_eq!(
+                files(dir.path()),
+                [format!("report.json.not-resumed-{now}")],
+                "{what}: kept aside"
+            );
+        }
+        // An explicit id must match; then it is resumed.
+        let mut ci = a.clone();
+        ci.run.id = "1234".into();
+        assert_eq!(
+            different_run(
+                &ci,
+                &identity("1234", &set, &context),
+                Timestamp(20_000),
+                DEFAULT_MAX_AGE
+            ),
+            None
+        );
+        assert!(
+            different_run(
+                &ci,
+                &identity("5678", &set, &context),
+                Timestamp(20_000),
+                DEFAULT_MAX_AGE
+            )
+            .unwrap()
+            .contains("\"1234\" and this is run \"5678\"")
+        );
+        assert!(
+            different_run(
+                &ci,
+                &identity("run-1-0000000a", &set, &context),
+                Timestamp(20_000),
+                DEFAULT_MAX_AGE
+            )
+            .unwrap()
+            .contains("an id from the CI environment, and this agent has none")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_is_kept_aside_and_never_panics() {
+        let (set, context) = (set(), RunContext::default());
+        let a = segment_report(&steady(0, 10_000, (0, 0)), RunStatus::Running);
+        let json = a.to_json();
+        let other_schema = String::from_utf8(json.clone()).unwrap().replace(
+            "invariant-agent.report/v1alpha1",
+            "invariant-agent.report/v2",
+        );
+        for (what, bytes) in [
+            ("truncated", json[..json.len() / 2].to_vec()),
+            ("empty", Vec::new()),
+            ("not a report", b"{\"hello\": 1}".to_vec()),
+            ("other schema", other_schema.into_bytes()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(REPORT_FILE), &bytes).unwrap();
+            let id = identity("run-1-0000000a", &set, &context);
+            let resumed =
+                prepare(dir.path(), &ResumeArgs::default(), &id, Timestamp(20_000)).unwrap();
+            assert!(resumed.is_none(), "{what}");
+            assert_eq!(
+                files(dir.path()),
+                ["report.json.unreadable-20000"],
+                "{what}"
+            );
+            let kept = std::fs::read(dir.path().join("report.json.unreadable-20000")).unwrap();
+            assert_eq!(kept, bytes, "{what}: kept as it was");
+            // With --resume require the agent refuses, and leaves the file alone.
+            std::fs::write(dir.path().join(REPORT_FILE), &bytes).unwrap();
+            let require = ResumeArgs {
+                resume: ResumeMode::Require,
+                ..ResumeArgs::default()
+            };
+            let e = prepare(dir.path(), &require, &id, Timestamp(20_000)).unwrap_err();
+            assert!(e.to_string().contains("report.json"), "{what}: {e}");
+            assert!(dir.path().join(REPORT_FILE).exists());
+        }
+    }
+
+    #[test]
+    fn modes_never_and_require_and_finished_runs() {
+        let (set, context) = (set(), RunContext::default());
+        let id = identity("run-1-0000000a", &set, &context);
+        let a = segment_report(&steady(0, 10_000, (0, 0)), RunStatus::Running);
+        let never = ResumeArgs {
+            resume: ResumeMode::Never,
+            ..ResumeArgs::default()
+        };
+        let require = ResumeArgs {
+            resume: ResumeMode::Require,
+            ..ResumeArgs::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint(dir.path(), &a);
+        assert!(
+            prepare(dir.path(), &never, &id, Timestamp(20_000))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(files(dir.path()), ["report.json.not-resumed-20000"]);
+        // Nothing to resume: require refuses to start.
+        let e = prepare(dir.path(), &require, &id, Timestamp(20_000)).unwrap_err();
+        assert!(e.reason.contains("no checkpoint"), "{e}");
+        // A completed run is not resumed, and stays until the new run replaces it.
+        let done = segment_report(&steady(0, 10_000, (0, 0)), RunStatus::Completed);
+        checkpoint(dir.path(), &done);
+        assert!(
+            prepare(dir.path(), &ResumeArgs::default(), &id, Timestamp(20_000))
+                .unwrap()
+                .is_none()
+        );
+        assert!(dir.path().join(REPORT_FILE).exists());
+        assert!(prepare(dir.path(), &require, &id, Timestamp(20_000)).is_err());
+        // The same run under require: resumed.
+        checkpoint(dir.path(), &a);
+        assert!(
+            prepare(dir.path(), &require, &id, Timestamp(20_000))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn generated_run_ids_are_recognised() {
+        assert!(crate::report::is_generated_run_id(
+            &crate::report::generated_run_id(Timestamp(1_764_000_000_000))
+        ));
+        for id in [
+            "1234",
+            "run-x-0000000a",
+            "run-1-000000a",
+            "run-1-0000000g",
+            "prow-run-1-0000000a",
+        ] {
+            assert!(!crate::report::is_generated_run_id(id), "{id}");
+        }
+    }
+
+    // ----- properties -----
+
+    /// Three consecutive segments of a run: samples at increasing times, some failing,
+    /// a counter that grows, and a test that may span a kill.
+    fn run_of_three() -> impl Strategy<Value = [Segment; 3]> {
+        let samples =
+            prop::collection::vec((1i64..3_000, prop::bool::weighted(0.7), 0u8..3), 0..40);
+        (
+            [samples.clone(), samples.clone(), samples],
+            [1i64..60_000, 1i64..60_000, 1i64..60_000],
+            [0i64..2_000, 0i64..2_000, 0i64..2_000],
+            prop::option::of((0usize..3, 0usize..3)),
+        )
+            .prop_map(|(streams, gaps, tails, test)| {
+                let mut at = 1_000_000;
+                let mut value = 0.0;
+                let mut segments: Vec<Segment> = Vec::new();
+                for ((stream, gap), tail) in streams.into_iter().zip(gaps).zip(tails) {
+                    at += gap;
+                    let start = at;
+                    let samples = stream
+                        .into_iter()
+                        .map(|(step, ok, grow)| {
+                            at += step;
+                            value += f64::from(grow);
+                            (at, ok, value)
+                        })
+                        .collect();
+                    at += tail;
+                    segments.push(Segment {
+                        start,
+                        samples,
+                        tests: Vec::new(),
+                        end: at,
+                    });
+                }
+                // A test that starts in one segment and whose end reaches a later agent.
+                if let Some((from, to)) = test {
+                    let (from, to) = (from.min(to), from.max(to));
+                    let start = segments[from].start;
+                    let end = segments[to].end;
+                    segments[from]
+                        .tests
+                        .push(test_annotation("t [Disruptive]", start, None));
+                    segments[to]
+                        .tests
+                        .push(test_annotation("t [Disruptive]", start, Some(end)));
+                }
+                [
+                    segments[0].clone(),
+                    segments[1].clone(),
+                    segments[2].clone(),
+                ]
+            })
+    }
+
+    /// JSON equality with floats compared to 1e-9 relative (sums of the same numbers in
+    /// another order may differ in the last bit).
+    fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn json(r: &Report) -> serde_json::Value {
+        serde_json::from_slice(&r.to_json()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn merging_is_associative_and_adds_up(segments in run_of_three()) {
+            let [a, b, c] = &segments;
+            let (ra, rb) = (segment_report(a, RunStatus::Running), segment_report(b, RunStatus::Running));
+            let rc = segment_report(c, RunStatus::Completed);
+            let left = merge(&merge(&ra, &rb), &rc);
+            let right = merge(&ra, &merge(&rb, &rc));
+            prop_assert!(same(&json(&left), &json(&right)), "left:\n{:#}\nright:\n{:#}", json(&left), json(&right));
+
+            // One gap per restart, each from a segment's last checkpoint to the next start.
+            prop_assert_eq!(left.run.gaps.len(), 2);
+            for (gap, (before, after)) in left.run.gaps.iter().zip([(&ra, &rb), (&rb, &rc)]) {
+                prop_assert_eq!(gap.start, before.run.updated_at);
+                prop_assert_eq!(gap.end, after.run.started_at);
+            }
+            prop_assert_eq!(left.run.started_at, ra.run.started_at);
+            prop_assert_eq!(&left.run.id, &ra.run.id);
+
+            for (n, merged) in left.invariants.iter().enumerate() {
+                let parts = [&ra.invariants[n], &rb.invariants[n], &rc.invariants[n]];
+                let s = &merged.summary;
+                let sum = |f: fn(&Totals) -> u64| parts.iter().map(|p| f(&p.summary.samples)).sum::<u64>();
+                prop_assert_eq!(s.samples.ok, sum(|t| t.ok));
+                prop_assert_eq!(s.samples.failed, sum(|t| t.failed));
+                prop_assert_eq!(s.samples.absent, sum(|t| t.absent));
+                prop_assert_eq!(s.availability_percent, percent(s.samples.ok, s.samples.failed));
+                let disruption: f64 = parts.iter().map(|p| p.summary.disruption_seconds).sum();
+                prop_assert!((s.disruption_seconds - disruption).abs() < 1e-9);
+                prop_assert_eq!(s.examined, parts.iter().any(|p| p.summary.examined));
+                // Every interval of every segment, in order; only the last segment's may
+                // stay open, and those open at a kill end at that segment's checkpoint.
+                let expected: Vec<(Timestamp, Option<Timestamp>, bool)> = parts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, p)| {
+                        let cut = [ra.run.updated_at, rb.run.updated_at][..].get(k).copied();
+                        p.summary.violations.iter().map(move |v| match (v.end, cut) {
+                            (None, Some(cut)) => (v.start, Some(cut.max(v.start)), true),
+                            (end, _) => (v.start, end, false),
+                        })
+                    })
+                    .collect();
+                let got: Vec<_> = s.violations.iter().map(|v| (v.start, v.end, v.ended_by_gap)).collect();
+                prop_assert_eq!(got, expected);
+                // Whole-run quantiles are an upper bound: at least each segment's.
+                if let Some(l) = s.latency {
+                    for p in parts.iter().filter_map(|p| p.summary.latency) {
+                        prop_assert!(l.p99 >= p.p99 && l.max >= p.max && l.p50 >= p.p50);
+                    }
+                }
+            }
+            // A report of a merged run is a valid report, and merges like any other.
+            let back = Report::from_json("r.json", &left.to_json()).unwrap();
+            prop_assert!(same(&json(&back), &json(&left)));
+        }
+    }
 }
