@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::export_support::{free_port, wait_for_port};
 use crate::support::*;
 
 fn config_for(ws: &Workspace, url: &str) -> std::path::PathBuf {
@@ -80,7 +81,10 @@ async fn a_killed_and_restarted_agent_reports_the_whole_run_with_one_gap() {
     assert_eq!(before["run"]["status"], "running");
     server.set(Reply::ok("ok"));
 
-    let second = spawn_agent(&ws, &config, CHECKPOINT);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = CHECKPOINT.to_vec();
+    args.extend(["--grpc-listen", addr.as_str()]);
+    let second = spawn_agent(&ws, &config, &args);
     // The resumed agent's own checkpoints already cover the whole run.
     let resumed = checkpoint_where(&ws.report_dir(), "a gap", |r| {
         r["run"]["gaps"].as_array().is_some_and(|g| !g.is_empty())
@@ -88,6 +92,15 @@ async fn a_killed_and_restarted_agent_reports_the_whole_run_with_one_gap() {
     })
     .await;
     assert_eq!(resumed["run"]["status"], "running");
+    // GetReport serves the whole run too.
+    wait_for_port(addr.parse().unwrap(), "the API", Duration::from_secs(15)).await;
+    let fetched = agent_command(&["report", "--addr", &addr, "-o", "-"]);
+    assert_eq!(fetched.code, Some(0), "{}", fetched.stderr);
+    let fetched: Value = serde_json::from_str(&fetched.stdout).unwrap();
+    assert_eq!(fetched["run"]["started_at"], before["run"]["started_at"]);
+    assert_eq!(fetched["run"]["gaps"].as_array().unwrap().len(), 1);
+    assert!(samples(&fetched, "failed") >= samples(&before, "failed"));
+    assert_eq!(violations(&fetched, "target")[0]["ended_by_gap"], true);
     signal(second.id().unwrap(), "TERM");
     let done = wait(second).await;
     assert_eq!(done.code, Some(0), "{}", done.stderr);
