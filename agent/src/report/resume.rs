@@ -21,7 +21,8 @@
 //! | `latency` | `max` exact; `p50`/`p90`/`p99` the largest of the segments' (see below) |
 //! | `increase` over the run | added (growth during the gap is not seen) |
 //! | `examined` | either segment's |
-//! | `state`, windowed values, `last_value`, `note`, run facts | this segment's (`last_value` falls back to the earlier one) |
+//! | `note` of a cluster-scoped invariant under leader election | recomputed from the merged leadership |
+//! | `state`, windowed values, `last_value`, run facts | this segment's (`last_value` falls back to the earlier one) |
 //!
 //! **What is lost.** Samples taken after the last checkpoint and before the kill: at most
 //! one checkpoint interval plus the engine's one-second publish interval. They are not
@@ -437,6 +438,16 @@ pub fn merge(prior: &Report, segment: &Report) -> Report {
             invariants.push(kept);
         }
     }
+    if let Some(leadership) = &run.leadership {
+        // The note says how long this agent led: of the whole run now.
+        for i in invariants.iter_mut().filter(|i| i.scope == "cluster") {
+            i.note = Some(crate::engine::leadership_note(
+                leadership,
+                run.updated_at,
+                run.started_at,
+            ));
+        }
+    }
     let mut report = Report::new(run, invariants);
     report.schema_version = segment.schema_version.clone();
     report.annotations = prior.annotations.clone();
@@ -781,6 +792,50 @@ invariants:
             junit.contains("no invariant was sampled for 5.0s of the run, in 1 gap"),
             "{junit}"
         );
+    }
+
+    #[test]
+    fn leadership_of_both_agents_is_kept_and_the_note_covers_the_whole_run() {
+        let file = FILE.replace(
+            "  - name: restarts",
+            "  - name: restarts\n    scope: cluster",
+        );
+        let set = crate::config::parse_str("f.yaml", &file).unwrap();
+        let segment = |start: i64, led: (i64, i64), end: i64, status| {
+            let meta = RunMeta {
+                id: "run-1-0000000a".into(),
+                started_at: Timestamp(start),
+                config_files: vec![],
+                node: None,
+            };
+            let mut engine = Engine::new(&set, meta);
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            engine.follow_leadership("ns/lease", &format!("agent-{start}"), rx);
+            engine.set_leading(true, Timestamp(led.0));
+            if led.1 < end {
+                engine.set_leading(false, Timestamp(led.1));
+            }
+            engine.report(Timestamp(end), status)
+        };
+        // The first agent leads from 1 s until it is killed (last checkpoint at 10 s);
+        // the second leads from 25 s to 35 s of a run ending at 40 s.
+        let a = segment(0, (1_000, 99_000), 10_000, RunStatus::Running);
+        let b = segment(20_000, (25_000, 35_000), 40_000, RunStatus::Completed);
+        let merged = merge(&a, &b);
+        let leadership = merged.run.leadership.as_ref().unwrap();
+        assert_eq!(leadership.identity, "agent-20000");
+        let spans: Vec<_> = leadership
+            .intervals
+            .iter()
+            .map(|i| (i.start.0, i.end.map(|e| e.0)))
+            .collect();
+        assert_eq!(spans, [(1_000, Some(10_000)), (25_000, Some(35_000))]);
+        let note = merged.invariants[1].note.as_deref().unwrap();
+        assert!(
+            note.contains("19s of the run's 40s, in 2 intervals"),
+            "{note}"
+        );
+        assert_eq!(merged.invariants[0].note, None, "node-scoped");
     }
 
     // ----- identity and the report directory -----
