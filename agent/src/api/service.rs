@@ -56,18 +56,9 @@ impl AgentApi {
         }
     }
 
-    /// The whole run's report as of now (once the run has ended, the final report).
-    async fn report(&self) -> Result<Arc<Report>, Status> {
-        let segment = self.segment_report().await?;
-        Ok(crate::report::resume::whole_run(
-            self.resumed.as_deref(),
-            segment,
-        ))
-    }
-
     /// This agent's report built now by the engine; once the run has ended, the final
-    /// one.
-    async fn segment_report(&self) -> Result<Arc<Report>, Status> {
+    /// one. When the run was resumed, GetReport merges it with the run so far.
+    async fn report(&self) -> Result<Arc<Report>, Status> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Report(reply)).await.is_ok()
             && let Ok(report) = answer.await
@@ -136,11 +127,15 @@ impl AgentService for AgentApi {
         })?;
         let report = self.report().await?;
         let junit_mode = self.junit_mode;
-        // Rendering a large report takes milliseconds: keep it off the thread that
-        // streams to tailers.
-        let rendered = tokio::task::spawn_blocking(move || render(&report, format, junit_mode))
-            .await
-            .map_err(|e| Status::internal(format!("rendering the report failed: {e}")))?;
+        let resumed = self.resumed.clone();
+        // Merging and rendering a large report take milliseconds: keep them off the
+        // thread that streams to tailers.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let report = crate::report::resume::whole_run(resumed.as_deref(), report);
+            render(&report, format, junit_mode)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rendering the report failed: {e}")))?;
         if rendered.content.len() > MAX_MESSAGE_BYTES - 1024 {
             return Err(Status::resource_exhausted(format!(
                 "the rendered report is {} bytes, more than the API's {MAX_MESSAGE_BYTES}-byte \
