@@ -83,7 +83,7 @@ pub enum RunError {
     /// Leader election was asked for but cannot work.
     #[error(transparent)]
     LeaderElection(#[from] crate::kube::lease::ElectionError),
-    /// `--resume require` and there is no checkpoint of this run to resume.
+    /// `--resume require`, and there is no checkpoint of this run that can be resumed.
     #[error(transparent)]
     Resume(#[from] report::resume::ResumeError),
 }
@@ -127,12 +127,9 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let node = report::node_name_from_env();
     // Before anything writes to the report directory: an unfinished checkpoint of this
     // run there is resumed, so every report of this agent covers the whole run.
-    let resumed = resume_or_start(&options, &context, node.as_deref(), started_at)?;
+    let (id, resumed) = resume_or_start(&options, &context, node.as_deref(), started_at)?;
     let meta = RunMeta {
-        id: match &resumed {
-            Some(r) => r.run_id().to_string(),
-            None => report::run_id_from_env(started_at),
-        },
+        id,
         started_at,
         config_files: options.config_files.clone(),
         node,
@@ -256,14 +253,14 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     )))
 }
 
-/// The run resumed from an unfinished checkpoint in the report directory, if it is this
-/// run's (see [`report::resume`]). A fresh run gets a fresh id.
+/// The run's id, and the run so far when an unfinished checkpoint in the report
+/// directory is this run's (see [`report::resume`]); a new run gets a new id.
 fn resume_or_start(
     options: &RunOptions,
     context: &report::RunContext,
     node: Option<&str>,
     now: Timestamp,
-) -> Result<Option<Arc<report::resume::Resumed>>, RunError> {
+) -> Result<(String, Option<Arc<report::resume::Resumed>>), RunError> {
     let fresh_id = report::run_id_from_env(now);
     let identity = report::resume::Identity {
         run_id: &fresh_id,
@@ -273,7 +270,10 @@ fn resume_or_start(
     };
     let resumed =
         report::resume::prepare(&options.report_dir, &options.report.resume, &identity, now)?;
-    Ok(resumed.map(Arc::new))
+    Ok(match resumed {
+        Some(r) => (r.run_id().to_string(), Some(Arc::new(r))),
+        None => (fresh_id, None),
+    })
 }
 
 /// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like
