@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::export_support::{free_port, wait_for_port};
+use crate::report_html::{body_attr, elements, headless};
 use crate::support::*;
 
 fn config_for(ws: &Workspace, url: &str) -> std::path::PathBuf {
@@ -163,6 +164,36 @@ async fn a_killed_and_restarted_agent_reports_the_whole_run_with_one_gap() {
     let row: Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
     assert_eq!(row["run_gaps"].as_array().unwrap().len(), 1);
     assert!(done.stdout.contains("gap: "), "{}", done.stdout);
+
+    // In a real browser, the gap is a band across the timeline where the report says.
+    let dom = headless(&ws.report_dir().join("report.html"), &["--dump-dom"]);
+    assert_eq!(body_attr(&dom, "data-ready"), "true");
+    let full = |name: &str| body_attr(&dom, name).parse::<f64>().unwrap();
+    let (t0, t1) = (full("data-full-start"), full("data-full-end"));
+    let bands = elements(&dom, r#"<div class="gap"[^>]*>"#);
+    assert_eq!(bands.len(), 1, "{dom}");
+    let percent = |style: &str, key: &str| -> f64 {
+        let at = style.find(&format!("{key}:")).unwrap() + key.len() + 1;
+        style[at..]
+            .trim_start()
+            .split('%')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let style = &bands[0]["style"];
+    let (start, end) = (ms(&gaps[0]["start"]) as f64, ms(&gaps[0]["end"]) as f64);
+    let want_left = (start - t0) / (t1 - t0) * 100.0;
+    let want_width = (end - start) / (t1 - t0) * 100.0;
+    assert!(
+        (percent(style, "left") - want_left).abs() < 0.01,
+        "{style} vs left {want_left}"
+    );
+    assert!(
+        (percent(style, "width") - want_width).abs() < 0.01,
+        "{style} vs width {want_width}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -568,7 +568,7 @@ a{color:var(--blue);text-decoration:none}a:hover{text-decoration:underline}
 .tl-overlay{position:absolute;inset:0;display:flex;pointer-events:none}
 .tl-overlay .tl-label{background:transparent;border-right:0}
 .phase-line{position:absolute;top:30px;bottom:0;border-left:1px dashed #8250df99}
-.gap{position:absolute;top:30px;bottom:0;min-width:2px;background:repeating-linear-gradient(135deg,#8c959f44 0 6px,#8c959f22 6px 12px);border-left:1px solid #8c959f;border-right:1px solid #8c959f}
+.tl-overlay .gap{position:absolute;top:30px;bottom:0;min-width:2px;background:repeating-linear-gradient(135deg,#8c959f44 0 6px,#8c959f22 6px 12px);border-left:1px solid #8c959f;border-right:1px solid #8c959f}
 .lg.gap{background:repeating-linear-gradient(135deg,#8c959f88 0 3px,#8c959f33 3px 6px)}
 #tip{position:fixed;z-index:10;max-width:560px;background:#24292f;color:#fff;padding:8px 10px;border-radius:6px;font-size:12px;box-shadow:0 4px 16px #0004;pointer-events:none;white-space:pre-wrap;word-break:break-word}
 #tip b{color:#ffd8b5}
