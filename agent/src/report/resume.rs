@@ -63,8 +63,8 @@ use crate::sample::Timestamp;
 /// What to do with an unfinished run's checkpoint found in the report directory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum ResumeMode {
-    /// Resume it when it is the same run (see the module docs); else keep it aside and
-    /// start a new run.
+    /// Resume it when it is the same run (same CI run id, node, cluster, job and
+    /// invariants, and recent enough); else keep it aside and start a new run.
     #[default]
     Auto,
     /// Always start a new run (an unfinished checkpoint is kept aside).
