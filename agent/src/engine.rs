@@ -310,6 +310,7 @@ impl Engine {
             config_files: self.meta.config_files.clone(),
             node: self.meta.node.clone(),
             leadership,
+            gaps: Vec::new(),
         };
         let mut report = Report::new(run, invariants);
         if !self.annotations.items().is_empty() || self.annotations.dropped() > 0 {
@@ -324,8 +325,13 @@ impl Engine {
     }
 }
 
-/// What a cluster-scoped invariant's report entry says under leader election.
-fn leadership_note(leadership: &Leadership, now: Timestamp, started_at: Timestamp) -> String {
+/// What a cluster-scoped invariant's report entry says under leader election (also
+/// recomputed for a resumed run's merged leadership by `report::resume`).
+pub(crate) fn leadership_note(
+    leadership: &Leadership,
+    now: Timestamp,
+    started_at: Timestamp,
+) -> String {
     let lease = &leadership.lease;
     if leadership.intervals.is_empty() {
         return format!(

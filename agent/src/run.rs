@@ -83,6 +83,9 @@ pub enum RunError {
     /// Leader election was asked for but cannot work.
     #[error(transparent)]
     LeaderElection(#[from] crate::kube::lease::ElectionError),
+    /// `--resume require`, and there is no checkpoint of this run that can be resumed.
+    #[error(transparent)]
+    Resume(#[from] report::resume::ResumeError),
 }
 
 /// How long the API may take to close after the run ended (inside the 2 s budget).
@@ -120,11 +123,16 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     }
 
     let started_at = Timestamp::now();
+    let context = report::RunContext::from_env(options.report.cluster.clone());
+    let node = report::node_name_from_env();
+    // Before anything writes to the report directory: an unfinished checkpoint of this
+    // run there is resumed, so every report of this agent covers the whole run.
+    let (id, resumed) = resume_or_start(&options, &context, node.as_deref(), started_at)?;
     let meta = RunMeta {
-        id: report::run_id_from_env(started_at),
+        id,
         started_at,
         config_files: options.config_files.clone(),
-        node: report::node_name_from_env(),
+        node,
     };
     let report_path = options.report_dir.join(REPORT_FILE);
     tracing::info!(
@@ -136,8 +144,15 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
 
     let (snapshots_tx, snapshots) = watch::channel(None);
     let (commands_tx, commands_rx) = mpsc::channel(1024);
-    let context = report::RunContext::from_env(options.report.cluster.clone());
-    let (feed, api) = start_api(&options, &meta, &context, &commands_tx, &snapshots).await?;
+    let (feed, api) = start_api(
+        &options,
+        &meta,
+        &context,
+        &commands_tx,
+        &snapshots,
+        resumed.clone(),
+    )
+    .await?;
     // Export settings are checked and the metrics address bound before sampling starts;
     // the run id is the report's, so metrics and report join.
     let run_identity = crate::export::RunIdentity {
@@ -157,6 +172,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         snapshots.clone(),
         report::writer::WriterOptions {
             junit_mode: options.report.junit_mode,
+            resumed: resumed.clone(),
         },
     );
     // Room for a few seconds of samples from every invariant; the engine is much faster
@@ -231,7 +247,33 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     if written.is_err() {
         tracing::error!(report = %report_path.display(), "writing the final report took longer than 2s; giving up on it");
     }
-    Ok(Arc::unwrap_or_clone(report))
+    Ok(Arc::unwrap_or_clone(report::resume::whole_run(
+        resumed.as_deref(),
+        report,
+    )))
+}
+
+/// The run's id, and the run so far when an unfinished checkpoint in the report
+/// directory is this run's (see [`report::resume`]); a new run gets a new id.
+fn resume_or_start(
+    options: &RunOptions,
+    context: &report::RunContext,
+    node: Option<&str>,
+    now: Timestamp,
+) -> Result<(String, Option<Arc<report::resume::Resumed>>), RunError> {
+    let fresh_id = report::run_id_from_env(now);
+    let identity = report::resume::Identity {
+        run_id: &fresh_id,
+        node,
+        context,
+        invariants: &options.set.invariants,
+    };
+    let resumed =
+        report::resume::prepare(&options.report_dir, &options.report.resume, &identity, now)?;
+    Ok(match resumed {
+        Some(r) => (r.run_id().to_string(), Some(Arc::new(r))),
+        None => (fresh_id, None),
+    })
 }
 
 /// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like
@@ -242,6 +284,7 @@ async fn start_api(
     context: &report::RunContext,
     commands: &mpsc::Sender<Command>,
     snapshots: &engine::Snapshots,
+    resumed: Option<Arc<report::resume::Resumed>>,
 ) -> Result<(Option<Feed>, Option<ApiServer>), RunError> {
     if options.api.grpc_listen.is_none() {
         return Ok((None, None));
@@ -257,6 +300,7 @@ async fn start_api(
         commands: commands.clone(),
         snapshots: snapshots.clone(),
         junit_mode: options.report.junit_mode,
+        resumed,
     };
     Ok(match ApiServer::start(&options.api, api_context).await? {
         Some(api) => (Some(feed), Some(api)),

@@ -26,7 +26,7 @@ fn chromium() -> PathBuf {
 }
 
 /// Runs headless Chromium on `page` with `args` and returns its stdout.
-fn headless(page: &Path, args: &[&str]) -> String {
+pub(crate) fn headless(page: &Path, args: &[&str]) -> String {
     headless_url(&format!("file://{}", page.display()), args)
 }
 
@@ -60,7 +60,7 @@ fn headless_url(url: &str, args: &[&str]) -> String {
 }
 
 /// Attributes of every element whose opening tag matches `tag_re`.
-fn elements(dom: &str, tag_re: &str) -> Vec<std::collections::HashMap<String, String>> {
+pub(crate) fn elements(dom: &str, tag_re: &str) -> Vec<std::collections::HashMap<String, String>> {
     let tag = Regex::new(tag_re).unwrap();
     let attr = Regex::new(r#"([a-zA-Z_:][-a-zA-Z0-9_:.]*)="([^"]*)""#).unwrap();
     tag.find_iter(dom)
@@ -80,7 +80,7 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-fn body_attr(dom: &str, name: &str) -> String {
+pub(crate) fn body_attr(dom: &str, name: &str) -> String {
     let body = elements(dom, r"<body[^>]*>");
     body[0]
         .get(name)

@@ -88,6 +88,9 @@ pub struct ApiContext {
     pub snapshots: Snapshots,
     /// How GetReport renders JUnit.
     pub junit_mode: JunitMode,
+    /// The run so far when this agent resumed it: GetReport merges it in, so the report
+    /// covers the whole run (see `report::resume`).
+    pub resumed: Option<std::sync::Arc<crate::report::resume::Resumed>>,
 }
 
 /// A running API server.
@@ -224,6 +227,7 @@ fn router(
         context.commands,
         context.snapshots,
         context.junit_mode,
+        context.resumed,
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -13,6 +13,7 @@ use super::proto::agent_service_server::AgentService;
 use super::{MAX_MESSAGE_BYTES, convert, proto, tail};
 use crate::engine::{Command, Snapshots};
 use crate::report::junit::JunitMode;
+use crate::report::resume::Resumed;
 use crate::report::{Report, RunStatus};
 use crate::sample::Timestamp;
 
@@ -30,16 +31,20 @@ pub struct AgentApi {
     snapshots: Snapshots,
     junit_mode: JunitMode,
     tailers: Arc<Semaphore>,
+    /// The run so far, when this agent resumed it (merged into every report served).
+    resumed: Option<Arc<Resumed>>,
 }
 
 impl AgentApi {
     /// The service over `feed`, sending commands to the engine on `commands` and reading
-    /// its `snapshots`; JUnit reports are rendered in `junit_mode`.
+    /// its `snapshots`; JUnit reports are rendered in `junit_mode`. When this agent
+    /// resumed a run, reports are merged with the run so far (`resumed`).
     pub fn new(
         feed: Feed,
         commands: mpsc::Sender<Command>,
         snapshots: Snapshots,
         junit_mode: JunitMode,
+        resumed: Option<Arc<Resumed>>,
     ) -> Self {
         AgentApi {
             feed,
@@ -47,10 +52,12 @@ impl AgentApi {
             snapshots,
             junit_mode,
             tailers: Arc::new(Semaphore::new(MAX_TAILERS)),
+            resumed,
         }
     }
 
-    /// A report built now by the engine; once the run has ended, the final report.
+    /// This agent's report built now by the engine; once the run has ended, the final
+    /// one. When the run was resumed, GetReport merges it with the run so far.
     async fn report(&self) -> Result<Arc<Report>, Status> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Report(reply)).await.is_ok()
@@ -120,11 +127,15 @@ impl AgentService for AgentApi {
         })?;
         let report = self.report().await?;
         let junit_mode = self.junit_mode;
-        // Rendering a large report takes milliseconds: keep it off the thread that
-        // streams to tailers.
-        let rendered = tokio::task::spawn_blocking(move || render(&report, format, junit_mode))
-            .await
-            .map_err(|e| Status::internal(format!("rendering the report failed: {e}")))?;
+        let resumed = self.resumed.clone();
+        // Merging and rendering a large report take milliseconds: keep them off the
+        // thread that streams to tailers.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let report = crate::report::resume::whole_run(resumed.as_deref(), report);
+            render(&report, format, junit_mode)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rendering the report failed: {e}")))?;
         if rendered.content.len() > MAX_MESSAGE_BYTES - 1024 {
             return Err(Status::resource_exhausted(format!(
                 "the rendered report is {} bytes, more than the API's {MAX_MESSAGE_BYTES}-byte \
@@ -231,7 +242,13 @@ invariants:
     /// for it. Returns the response and whether a command was sent.
     async fn get_status(feed: &Feed, snapshots: Snapshots) -> (proto::GetStatusResponse, bool) {
         let (commands, mut inbox) = mpsc::channel(8);
-        let api = AgentApi::new(feed.clone(), commands, snapshots, JunitMode::default());
+        let api = AgentApi::new(
+            feed.clone(),
+            commands,
+            snapshots,
+            JunitMode::default(),
+            None,
+        );
         let status = tokio::time::timeout(
             Duration::from_secs(5),
             api.get_status(Request::new(proto::GetStatusRequest {})),

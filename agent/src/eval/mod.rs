@@ -247,6 +247,11 @@ pub struct ViolationInterval {
     /// violation is reported as expected, not as a problem.
     #[serde(default)]
     pub expected: bool,
+    /// Whether the interval was still open when the agent stopped without a final report:
+    /// it then ends at the last checkpoint before the gap (see `report::resume`), not at
+    /// an observed recovery. The evaluator leaves this `false`.
+    #[serde(default)]
+    pub ended_by_gap: bool,
 }
 
 impl ViolationInterval {
@@ -263,6 +268,7 @@ impl ViolationInterval {
             tests_omitted: 0,
             expected_by: Vec::new(),
             expected: false,
+            ended_by_gap: false,
         }
     }
 }

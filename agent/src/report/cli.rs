@@ -58,6 +58,9 @@ pub struct ReportRunArgs {
         value_delimiter = ','
     )]
     pub tests_from: Vec<PathBuf>,
+    /// Resuming a run whose agent was killed.
+    #[command(flatten)]
+    pub resume: super::resume::ResumeArgs,
 }
 
 const REPORT_AFTER_HELP: &str = "\

@@ -14,7 +14,8 @@
 //! **Positions.** Every timeline element carries `data-start` and `data-end` (ms since
 //! the epoch; an open interval or a running test ends at the report's end and has
 //! `data-open="true"`); violation intervals also carry `data-invariant` and
-//! `data-expected`. The server renders positions for the whole run (so the page reads
+//! `data-expected`; gaps (the agent was down: `run.gaps`) are shaded bands of class
+//! `gap` across every row, with `data-reason`. The server renders positions for the whole run (so the page reads
 //! without JS); the script re-positions on zoom and pan (and opens at `#view=START-END`
 //! when the address says so), records the visible range in
 //! `body[data-view-start|end]`, and each interval's rendered edges as fractions of its
@@ -95,6 +96,17 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    if !run.gaps.is_empty() {
+        let _ = write!(
+            o,
+            "<p class=\"status warn\" id=\"run-gaps\" data-gaps=\"{}\">The agent was down {} time{}: no samples for {} in all (shaded on the timeline). \
+             Everything before and after each gap is in this report.</p>",
+            run.gaps.len(),
+            run.gaps.len(),
+            if run.gaps.len() == 1 { "" } else { "s" },
+            human(run.gap_duration().as_secs_f64())
+        );
+    }
     o.push_str("</header>\n<main>\n");
 
     // ----- summary -----
@@ -170,7 +182,7 @@ pub fn render(report: &Report) -> String {
          <button type=\"button\" id=\"zoom-reset\" title=\"Whole run (0)\">Whole run</button>\
          <span class=\"hint\">Scroll to zoom, drag to pan, hover for details.</span>\
          <span class=\"legend\"><i class=\"lg unexpected\"></i>violation <i class=\"lg expected\"></i>expected disruption \
-         <i class=\"lg open\"></i>still open <i class=\"lg test\"></i>test <i class=\"lg failedtest\"></i>failed test <i class=\"lg phase\"></i>phase</span></div>\n",
+         <i class=\"lg open\"></i>still open <i class=\"lg gap\"></i>no samples (agent down) <i class=\"lg test\"></i>test <i class=\"lg failedtest\"></i>failed test <i class=\"lg phase\"></i>phase</span></div>\n",
     );
     o.push_str("<div class=\"timeline\" id=\"timeline\">");
     o.push_str("<div class=\"tl-row tl-axis-row\"><div class=\"tl-label\"></div><div class=\"tl-track\" id=\"axis\"></div></div>");
@@ -259,7 +271,7 @@ pub fn render(report: &Report) -> String {
                 .unwrap_or("");
             let _ = write!(
                 o,
-                "<div class=\"iv {}{}\" data-invariant=\"{}\" data-index=\"{n}\" data-start=\"{}\" data-end=\"{end}\" data-open=\"{}\" data-expected=\"{}\" \
+                "<div class=\"iv {}{}\" data-invariant=\"{}\" data-index=\"{n}\" data-start=\"{}\" data-end=\"{end}\" data-open=\"{}\" data-expected=\"{}\" data-ended-by-gap=\"{}\" \
                  data-class=\"{}\" data-first-error=\"{}\" data-error=\"{}\" data-samples=\"{}\" data-tests=\"{}\" data-tests-omitted=\"{}\" data-expected-by=\"{}\" style=\"{}\"></div>",
                 if v.expected { "expected" } else { "unexpected" },
                 if v.end.is_none() { " open" } else { "" },
@@ -267,6 +279,7 @@ pub fn render(report: &Report) -> String {
                 v.start.0,
                 v.end.is_none(),
                 v.expected,
+                v.ended_by_gap,
                 v.error_class.map(|c| c.as_str()).unwrap_or("condition"),
                 h(v.first_error.as_deref().unwrap_or("")),
                 h(error),
@@ -288,6 +301,18 @@ pub fn render(report: &Report) -> String {
             a.start.0,
             a.start.0,
             pos(a.start.0, a.start.0)
+        );
+    }
+    for g in &run.gaps {
+        let _ = write!(
+            o,
+            "<div class=\"gap\" data-kind=\"gap\" data-name=\"{}\" data-reason=\"{}\" data-start=\"{}\" data-end=\"{}\" title=\"{}\" style=\"{}\"></div>",
+            h(g.reason.describe()),
+            g.reason.as_str(),
+            g.start.0,
+            g.end.0,
+            h(&format!("no samples: {}", g.describe())),
+            pos(g.start.0, g.end.0)
         );
     }
     o.push_str("</div></div></div>");
@@ -383,10 +408,12 @@ fn details(o: &mut String, report: &Report, i: &InvariantReport) {
             if v.expected { "expected" } else { "unexpected" },
             h(&i.name),
             n + 1,
-            if v.expected {
-                " <span class=\"tag\">expected</span>"
-            } else {
-                ""
+            match (v.expected, v.ended_by_gap) {
+                (true, true) =>
+                    " <span class=\"tag\">expected</span> <span class=\"tag\">ended by gap</span>",
+                (true, false) => " <span class=\"tag\">expected</span>",
+                (false, true) => " <span class=\"tag\">ended by gap</span>",
+                (false, false) => "",
             },
             h(&v.start.to_rfc3339()),
             v.end
@@ -541,6 +568,8 @@ a{color:var(--blue);text-decoration:none}a:hover{text-decoration:underline}
 .tl-overlay{position:absolute;inset:0;display:flex;pointer-events:none}
 .tl-overlay .tl-label{background:transparent;border-right:0}
 .phase-line{position:absolute;top:30px;bottom:0;border-left:1px dashed #8250df99}
+.tl-overlay .gap{position:absolute;top:30px;bottom:0;min-width:2px;background:repeating-linear-gradient(135deg,#8c959f44 0 6px,#8c959f22 6px 12px);border-left:1px solid #8c959f;border-right:1px solid #8c959f}
+.lg.gap{background:repeating-linear-gradient(135deg,#8c959f88 0 3px,#8c959f33 3px 6px)}
 #tip{position:fixed;z-index:10;max-width:560px;background:#24292f;color:#fff;padding:8px 10px;border-radius:6px;font-size:12px;box-shadow:0 4px 16px #0004;pointer-events:none;white-space:pre-wrap;word-break:break-word}
 #tip b{color:#ffd8b5}
 table.violations td{font-size:12px}
@@ -682,6 +711,7 @@ const JS: &str = r##"
       line(d.invariant, (d.expected === "true" ? "expected disruption" : "violation") + ", " + dur(t - s) + (open ? "+" : ""));
       line("when", when);
       line("class", d.class + ", " + d.samples + " bad samples");
+      if (d.endedByGap === "true") line("ended", "by a gap: the agent went down while it was open");
       if (d.firstError) line("first error", d.firstError);
       if (d.error && d.error !== d.firstError) line("last error", d.error);
       line("tests running", d.tests ? d.tests + (Number(d.testsOmitted) > 0 ? "\n… and " + d.testsOmitted + " more" : "") : "none recorded");

@@ -88,6 +88,13 @@ pub fn render(report: &Report, mode: JunitMode) -> String {
             suite_props.push((k, v.clone()));
         }
     }
+    if !run.gaps.is_empty() {
+        suite_props.push(("run_gaps", run.gaps.len().to_string()));
+        suite_props.push((
+            "run_gap_seconds",
+            format!("{:.3}", run.gap_duration().as_secs_f64()),
+        ));
+    }
     for (k, v) in &suite_props {
         property(&mut out, 6, k, v);
     }
@@ -153,12 +160,19 @@ fn testcase(out: &mut String, report: &Report, i: &InvariantReport, mode: JunitM
             let _ = writeln!(
                 out,
                 "      <skipped message=\"{}\"/>",
-                attr(&match &i.note {
-                    Some(note) => format!("not examined: {note}"),
-                    None => format!(
-                        "not examined: no sample of {} could be judged (no samples, or only absent series); this is not a pass",
-                        i.name
-                    ),
+                attr(&{
+                    let mut message = match &i.note {
+                        Some(note) => format!("not examined: {note}"),
+                        None => format!(
+                            "not examined: no sample of {} could be judged (no samples, or only absent series); this is not a pass",
+                            i.name
+                        ),
+                    };
+                    if let Some(gaps) = report.run.gap_note() {
+                        message.push_str("; ");
+                        message.push_str(&gaps);
+                    }
+                    message
                 })
             );
         }
@@ -241,6 +255,9 @@ fn details(report: &Report, i: &InvariantReport, mode: JunitMode) -> String {
             "informational: violations do not fail this testcase (render with --junit-mode enforcing to fail it)"
         );
     }
+    for g in &report.run.gaps {
+        let _ = writeln!(d, "gap: {}", g.describe());
+    }
     if report.run.status == RunStatus::Running {
         let _ = writeln!(
             d,
@@ -255,8 +272,13 @@ fn interval(d: &mut String, report: &Report, n: usize, v: &ViolationInterval) {
     let end = v.end.unwrap_or(report.end_time());
     let _ = writeln!(
         d,
-        "violation {n}{}: {} → {} ({:.1}s{}) [{}] {} samples",
+        "violation {n}{}{}: {} → {} ({:.1}s{}) [{}] {} samples",
         if v.expected { " (expected)" } else { "" },
+        if v.ended_by_gap {
+            " (ended by a gap: the agent went down while it was open)"
+        } else {
+            ""
+        },
         v.start,
         v.end
             .map(|e| e.to_rfc3339())

@@ -37,6 +37,9 @@ pub fn render(report: &Report) -> String {
         facts.push(format!("**Node:** {}", esc(n)));
     }
     facts.push(format!("**Agent:** {}", esc(&run.agent_version)));
+    for g in &run.gaps {
+        facts.push(format!("**Gap:** {}", esc(&g.describe())));
+    }
     for f in facts {
         let _ = writeln!(out, "- {f}");
     }
@@ -69,6 +72,9 @@ pub fn render(report: &Report) -> String {
             s.samples.absent,
             s.samples.missed
         );
+    }
+    if let Some(note) = run.gap_note() {
+        let _ = writeln!(out, "\n*Gaps:* {}.", esc(&note));
     }
     if report
         .invariants
@@ -114,7 +120,12 @@ pub fn render(report: &Report) -> String {
                 out,
                 "| {}{} | {} | {} | {:.1}s | {} | {} | {} | {} |",
                 n + 1,
-                if v.expected { " (expected)" } else { "" },
+                match (v.expected, v.ended_by_gap) {
+                    (true, true) => " (expected, ended by gap)",
+                    (true, false) => " (expected)",
+                    (false, true) => " (ended by gap)",
+                    (false, false) => "",
+                },
                 v.start,
                 v.end
                     .map(|e| e.to_rfc3339())

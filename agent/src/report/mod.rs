@@ -13,6 +13,10 @@
 //! against past runs' reports. Formats: [`text`] (end-of-run summary), [`markdown`],
 //! [`junit`], [`html`], [`ndjson`] (one row per invariant, with a BigQuery schema).
 //! The JSON format is specified by `docs/report.schema.json` ([`JSON_SCHEMA`]).
+//!
+//! An agent killed and restarted with the same report directory resumes the run from its
+//! last checkpoint ([`resume`]): every report it builds then covers the whole run, with
+//! the time it was down recorded in `run.gaps`.
 
 pub mod attribution;
 pub mod cli;
@@ -22,6 +26,7 @@ pub mod html;
 pub mod junit;
 pub mod markdown;
 pub mod ndjson;
+pub mod resume;
 pub mod text;
 pub mod writer;
 
@@ -132,6 +137,84 @@ pub struct RunInfo {
     /// where this agent ran every invariant all along.
     #[serde(default)]
     pub leadership: Option<Leadership>,
+    /// Stretches of the run without samples because the agent was down (killed and
+    /// restarted; see [`resume`]), oldest first. Empty for a run that was never
+    /// interrupted.
+    #[serde(default)]
+    pub gaps: Vec<Gap>,
+}
+
+/// A stretch of the run with no samples at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The last checkpoint before it: everything up to here is in the report.
+    pub start: Timestamp,
+    /// When sampling started again.
+    pub end: Timestamp,
+    /// Why there were no samples.
+    pub reason: GapReason,
+}
+
+/// Why a [`Gap`] has no samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The agent stopped without writing a final report (killed, OOM, node lost) and a
+    /// new agent resumed the run from its last checkpoint.
+    AgentRestarted,
+}
+
+impl GapReason {
+    /// The snake_case name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::AgentRestarted => "agent_restarted",
+        }
+    }
+
+    /// The reason in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GapReason::AgentRestarted => "agent restarted; no samples",
+        }
+    }
+}
+
+impl Gap {
+    /// Its length.
+    pub fn duration(&self) -> std::time::Duration {
+        self.end.since(self.start)
+    }
+
+    /// One line for summaries: `START → END (12.3s): agent restarted; no samples`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} → {} ({:.1}s): {}",
+            self.start,
+            self.end,
+            self.duration().as_secs_f64(),
+            self.reason.describe()
+        )
+    }
+}
+
+impl RunInfo {
+    /// Total time in [`RunInfo::gaps`].
+    pub fn gap_duration(&self) -> std::time::Duration {
+        self.gaps.iter().map(Gap::duration).sum()
+    }
+
+    /// What the gaps mean for every invariant, for summaries; `None` without gaps.
+    pub fn gap_note(&self) -> Option<String> {
+        let n = self.gaps.len();
+        (n > 0).then(|| {
+            format!(
+                "no invariant was sampled for {:.1}s of the run, in {n} gap{} while the agent was down (run.gaps)",
+                self.gap_duration().as_secs_f64(),
+                if n == 1 { "" } else { "s" }
+            )
+        })
+    }
 }
 
 /// When this agent held the leader election's Lease, and so ran the cluster-scoped
@@ -604,7 +687,23 @@ pub fn run_id_from_env(started_at: Timestamp) -> String {
             }
         }
     }
+    generated_run_id(started_at)
+}
+
+/// A run id made up by the agent (no CI id): `run-<start ms>-<8 hex digits>`.
+pub fn generated_run_id(started_at: Timestamp) -> String {
     format!("run-{}-{:08x}", started_at.0, fastrand::u32(..))
+}
+
+/// Whether `id` has the shape of [`generated_run_id`]: the agent made it up, so a run
+/// resumed without a CI id keeps the id of the checkpoint it resumes.
+pub fn is_generated_run_id(id: &str) -> bool {
+    let Some((start, random)) = id.strip_prefix("run-").and_then(|r| r.rsplit_once('-')) else {
+        return false;
+    };
+    start.parse::<i64>().is_ok()
+        && random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The node name: `$NODE_NAME` (set by the DaemonSet from the downward API), else the
@@ -697,6 +796,7 @@ mod tests {
             config_files: vec![],
             node: None,
             leadership: None,
+            gaps: Vec::new(),
         };
         let report = Report::new(run, Vec::new())
             .with_annotations([annotation(&big, 0, None)])

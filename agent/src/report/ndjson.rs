@@ -41,6 +41,10 @@ pub struct Row<'a> {
     pub run_ended_at: Option<Timestamp>,
     /// Run length so far.
     pub run_duration_seconds: f64,
+    /// Stretches without samples because the agent was down (the run was resumed).
+    pub run_gaps: Vec<RowGap>,
+    /// Total seconds of `run_gaps`.
+    pub run_gap_seconds: f64,
     /// Invariant name.
     pub invariant: &'a str,
     /// What it protects.
@@ -110,6 +114,19 @@ pub struct Label<'a> {
     pub value: &'a str,
 }
 
+/// One gap of the run in a row.
+#[derive(Debug, Serialize)]
+pub struct RowGap {
+    /// The last checkpoint before it.
+    pub start: Timestamp,
+    /// When sampling started again.
+    pub end: Timestamp,
+    /// Seconds from start to end.
+    pub duration_seconds: f64,
+    /// Why there were no samples (`agent_restarted`).
+    pub reason: &'static str,
+}
+
 /// One violation interval in a row.
 #[derive(Debug, Serialize)]
 pub struct RowViolation<'a> {
@@ -135,6 +152,8 @@ pub struct RowViolation<'a> {
     pub tests_omitted: u64,
     /// Overlapping tests that are expected to disrupt the invariant.
     pub expected_by: Vec<&'a str>,
+    /// Still open when the agent went down: ends at the last checkpoint before the gap.
+    pub ended_by_gap: bool,
 }
 
 /// The rows of a report, in file order.
@@ -159,6 +178,17 @@ fn row<'a>(report: &'a Report, i: &'a InvariantReport) -> Row<'a> {
         run_updated_at: run.updated_at,
         run_ended_at: run.ended_at,
         run_duration_seconds: run.duration_seconds,
+        run_gaps: run
+            .gaps
+            .iter()
+            .map(|g| RowGap {
+                start: g.start,
+                end: g.end,
+                duration_seconds: g.duration().as_secs_f64(),
+                reason: g.reason.as_str(),
+            })
+            .collect(),
+        run_gap_seconds: run.gap_duration().as_secs_f64(),
         invariant: &i.name,
         description: &i.description,
         owner: &i.owner,
@@ -206,6 +236,7 @@ fn row<'a>(report: &'a Report, i: &'a InvariantReport) -> Row<'a> {
                 tests: v.tests.iter().map(String::as_str).collect(),
                 tests_omitted: v.tests_omitted,
                 expected_by: v.expected_by.iter().map(String::as_str).collect(),
+                ended_by_gap: v.ended_by_gap,
             })
             .collect(),
     }

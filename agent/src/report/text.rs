@@ -23,6 +23,9 @@ pub fn render(report: &Report) -> String {
         );
     }
     out.push('\n');
+    for g in &run.gaps {
+        let _ = writeln!(out, "gap: {}", g.describe());
+    }
     if let Some(l) = &run.leadership {
         let led = match l.intervals.len() {
             0 => "never led, so it ran no cluster-scoped invariant".to_string(),
@@ -65,6 +68,9 @@ pub fn render(report: &Report) -> String {
             i.condition_text
         );
     }
+    if let Some(note) = run.gap_note() {
+        let _ = writeln!(out, "\n{note}.");
+    }
     for i in rows.iter().filter(|i| !i.summary.violations.is_empty()) {
         let _ = writeln!(out, "\n{} violations:", i.name);
         for v in &i.summary.violations {
@@ -73,7 +79,12 @@ pub fn render(report: &Report) -> String {
                 .map(|e| e.to_rfc3339())
                 .unwrap_or_else(|| "(still open)".to_string());
             let class = v.error_class.map(|c| c.as_str()).unwrap_or("condition");
-            let expected = if v.expected { " (expected)" } else { "" };
+            let expected = match (v.expected, v.ended_by_gap) {
+                (true, true) => " (expected; ended by the gap)",
+                (true, false) => " (expected)",
+                (false, true) => " (ended by the gap: the agent went down)",
+                (false, false) => "",
+            };
             let _ = writeln!(
                 out,
                 "  {} → {}  {} samples  [{}]{} {}",

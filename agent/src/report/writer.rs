@@ -8,7 +8,9 @@
 //!
 //! Each checkpoint writes `report.json` first (the source of truth), then the forms
 //! derived from it: `report.ndjson`, `report.junit.xml` and `report.html`. An aborted run
-//! therefore leaves every form of its last checkpoint behind.
+//! therefore leaves every form of its last checkpoint behind. When the run was resumed
+//! after a kill, each snapshot is merged with the previous agent's last checkpoint first
+//! ([`super::resume`]), so every file covers the whole run.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::junit::JunitMode;
+use super::resume::{self, Resumed};
 use super::{REPORT_FILE, Report, RunStatus};
 
 /// File name of the newline-delimited rows (one per invariant).
@@ -27,21 +30,23 @@ pub const JUNIT_FILE: &str = "report.junit.xml";
 /// File name of the HTML page.
 pub const HTML_FILE: &str = "report.html";
 
-/// What the writer writes besides `report.json`.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the writer writes besides `report.json`, and what it merges in.
+#[derive(Clone, Debug, Default)]
 pub struct WriterOptions {
     /// Whether violations fail their JUnit testcase.
     pub junit_mode: JunitMode,
+    /// The run so far, when this agent resumed it: every snapshot is merged with it.
+    pub resumed: Option<Arc<Resumed>>,
 }
 
 /// Every file of one checkpoint, `report.json` first, as `(file name, bytes)`.
-pub fn render_all(report: &Report, options: WriterOptions) -> Vec<(&'static str, Vec<u8>)> {
+pub fn render_all(report: &Report, junit_mode: JunitMode) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (REPORT_FILE, report.to_json()),
         (NDJSON_FILE, super::ndjson::render(report).into_bytes()),
         (
             JUNIT_FILE,
-            super::junit::render(report, options.junit_mode).into_bytes(),
+            super::junit::render(report, junit_mode).into_bytes(),
         ),
         (HTML_FILE, super::html::render(report).into_bytes()),
     ]
@@ -49,8 +54,8 @@ pub fn render_all(report: &Report, options: WriterOptions) -> Vec<(&'static str,
 
 /// Writes every file of one checkpoint into `dir`, each atomically, `report.json` first.
 /// Stops at the first failure.
-pub fn write_all(dir: &Path, report: &Report, options: WriterOptions) -> io::Result<()> {
-    for (name, bytes) in render_all(report, options) {
+pub fn write_all(dir: &Path, report: &Report, junit_mode: JunitMode) -> io::Result<()> {
+    for (name, bytes) in render_all(report, junit_mode) {
         write_atomically(&dir.join(name), &bytes)?;
     }
     Ok(())
@@ -96,10 +101,14 @@ pub fn spawn_with(
                 last_write = Some(tokio::time::Instant::now());
                 let path = dir.join(REPORT_FILE);
                 let target = dir.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || write_all(&target, &report, options))
-                        .await
-                        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let resumed = options.resumed.clone();
+                let junit_mode = options.junit_mode;
+                let result = tokio::task::spawn_blocking(move || {
+                    let report = resume::whole_run(resumed.as_deref(), report);
+                    write_all(&target, &report, junit_mode)
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 log_outcome(&path, result, &mut failing);
             }
             if completed || closed {
