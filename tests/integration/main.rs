@@ -19,3 +19,4 @@ mod kube_support;
 mod lifecycle;
 mod report;
 mod report_html;
+mod security;
