@@ -78,6 +78,52 @@ fn agent_container(manifest: &str) -> (serde_json::Value, serde_json::Value) {
     (container, pod)
 }
 
+/// The agent runs as a non-root user on a read-only root filesystem, in both manifests
+/// and in the image: Pod Security "restricted" (checked by the dry run below) requires
+/// non-root but not a read-only root, so that is asserted here.
+#[test]
+fn the_agent_runs_non_root_on_a_read_only_root_filesystem() {
+    for manifest in ["manifests/daemonset.yaml", "manifests/sidecar/e2e-pod.yaml"] {
+        let (container, pod) = agent_container(manifest);
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{manifest}");
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{manifest}");
+        assert_eq!(
+            security["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{manifest}"
+        );
+        let non_root = |field: &str| {
+            let value = &security[field];
+            if value.is_null() {
+                pod["securityContext"][field].clone()
+            } else {
+                value.clone()
+            }
+        };
+        assert_eq!(non_root("runAsNonRoot"), true, "{manifest}");
+        assert!(
+            non_root("runAsUser").as_u64().is_some_and(|uid| uid != 0),
+            "{manifest}"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        last_stage.starts_with("gcr.io/distroless/static-debian12:nonroot"),
+        "{last_stage}"
+    );
+    let user = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image sets a USER");
+    assert!(
+        user.split(':')
+            .all(|id| id.parse::<u32>().is_ok_and(|id| id != 0)),
+        "USER {user}"
+    );
+}
+
 /// The agent in the DaemonSet and in the sidecar example runs `invariant-agent run` with
 /// flags the agent knows, and reads its invariant file from where a volume is mounted.
 #[test]

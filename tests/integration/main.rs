@@ -20,3 +20,4 @@ mod lifecycle;
 mod report;
 mod report_html;
 mod resume;
+mod security;

@@ -54,6 +54,7 @@ const HTTP_FIELDS: &[&str] = &[
     "valuePointer",
     "connection",
     "maxBodyBytes",
+    "followRedirects",
 ];
 const METRICS_FIELDS: &[&str] = &[
     "url",
@@ -64,6 +65,7 @@ const METRICS_FIELDS: &[&str] = &[
     "tls",
     "connection",
     "maxBodyBytes",
+    "followRedirects",
 ];
 /// http fields that metrics probes refuse with a specific reason instead of "unknown".
 const METRICS_REFUSED: &[&str] = &["method", "expectedStatus", "body", "valuePointer"];
@@ -926,6 +928,18 @@ impl Checker<'_> {
             None if metrics => Some(DEFAULT_METRICS_MAX_BODY_BYTES),
             None => Some(DEFAULT_HTTP_MAX_BODY_BYTES),
         };
+        let follow_redirects = match map.get("followRedirects") {
+            Some(n) => self.choice(
+                n,
+                &map.path("followRedirects"),
+                &[
+                    ("none", FollowRedirects::None),
+                    ("sameOrigin", FollowRedirects::SameOrigin),
+                    ("any", FollowRedirects::Any),
+                ],
+            ),
+            None => Some(FollowRedirects::None),
+        };
         let refused = metrics && METRICS_REFUSED.iter().any(|k| map.key_node(k).is_some());
         if refused {
             return None;
@@ -941,6 +955,7 @@ impl Checker<'_> {
             value_pointer: value_pointer?,
             connection: connection?,
             max_body_bytes: max_body_bytes?,
+            follow_redirects: follow_redirects?,
         })
     }
 

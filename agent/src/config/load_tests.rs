@@ -115,6 +115,7 @@ invariants:
         valuePointer: /status/replicas
         connection: new
         maxBodyBytes: 4096
+        followRedirects: sameOrigin
     condition:
       availability: {target: 99.9, window: 10m}
     expectedDisruptions:
@@ -175,6 +176,7 @@ fn http_defaults(url: &str) -> HttpProbeSpec {
         value_pointer: None,
         connection: ConnectionMode::Reused,
         max_body_bytes: 1_048_576,
+        follow_redirects: FollowRedirects::None,
     }
 }
 
@@ -238,6 +240,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                     value_pointer: Some("/status/replicas".into()),
                     connection: ConnectionMode::New,
                     max_body_bytes: 4096,
+                    follow_redirects: FollowRedirects::SameOrigin,
                 }),
                 condition: Condition::Availability {
                     target_percent: 99.9,
@@ -270,7 +273,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                     window: secs(90),
                 },
                 expected_disruptions: Vec::new(),
-                source: "full.yaml:33:5".into(),
+                source: "full.yaml:34:5".into(),
             },
             Invariant {
                 name: "cluster-dns".into(),
@@ -295,7 +298,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                     for_duration: secs(30),
                 },
                 expected_disruptions: Vec::new(),
-                source: "full.yaml:42:5".into(),
+                source: "full.yaml:43:5".into(),
             },
             Invariant {
                 name: "no-5xx".into(),
@@ -328,7 +331,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                     window: Some(secs(600)),
                 },
                 expected_disruptions: Vec::new(),
-                source: "full.yaml:53:5".into(),
+                source: "full.yaml:54:5".into(),
             },
             Invariant {
                 name: "plain-defaults".into(),
@@ -345,7 +348,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                     window: secs(300),
                 },
                 expected_disruptions: Vec::new(),
-                source: "full.yaml:64:5".into(),
+                source: "full.yaml:65:5".into(),
             },
         ],
     };
@@ -437,7 +440,7 @@ fn every_mistake_is_reported_at_once_with_its_position() {
         "23:14: invariants[1].probe.http.url: URL scheme must be http or https (lowercase), found \"ftp\"",
         "24:17: invariants[1].probe.http.method: HTTP methods are case-sensitive; write GET",
         "25:19: invariants[1].probe.http.headers.Authorization: do not put credentials in the file; set bearerTokenFile to a file holding the token",
-        "26:9: invariants[1].probe.http.unexpected: unknown field; expected one of url, method, headers, bearerTokenFile, tls, expectedStatus, body, valuePointer, connection, maxBodyBytes",
+        "26:9: invariants[1].probe.http.unexpected: unknown field; expected one of url, method, headers, bearerTokenFile, tls, expectedStatus, body, valuePointer, connection, maxBodyBytes, followRedirects",
         "27:31: invariants[1].probe.http.expectedStatus[1]: \"300-200\" is not a valid status range: 300 is greater than 200",
         "27:42: invariants[1].probe.http.expectedStatus[2]: 600 is not an HTTP status code (100-599)",
         "28:30: invariants[1].probe.http.body.regex: give exactly one of contains, regex, not both",
@@ -1192,7 +1195,7 @@ fn metrics_rules() {
                     "{p}.series: invalid series selector at character 7: expected =, !=, =~ or !~ after label name \"job\""
                 ),
                 &format!(
-                    "{p}.extra: unknown field; expected one of url, series, aggregation, headers, bearerTokenFile, tls, connection, maxBodyBytes"
+                    "{p}.extra: unknown field; expected one of url, series, aggregation, headers, bearerTokenFile, tls, connection, maxBodyBytes, followRedirects"
                 ),
             ],
         ),

@@ -223,6 +223,23 @@ pub struct HttpProbeSpec {
     pub connection: ConnectionMode,
     /// Largest body read; a longer body fails the sample with `body_too_large`.
     pub max_body_bytes: usize,
+    /// Which redirects are followed (none by default).
+    pub follow_redirects: FollowRedirects,
+}
+
+/// Which HTTP redirects (3xx with a `Location`) an http or metrics probe follows.
+///
+/// None by default: the probe judges exactly the endpoint the invariant file names, and
+/// reaches no host the file does not name unless the file says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FollowRedirects {
+    /// A redirect is the reply judged (`status 302, expected 200-299`).
+    #[default]
+    None,
+    /// Redirects to the URL's own scheme, host and port only.
+    SameOrigin,
+    /// Redirects to any http(s) URL; credentials are not sent to another origin.
+    Any,
 }
 
 /// An inclusive range of HTTP status codes, e.g. `200-299` or `204`.

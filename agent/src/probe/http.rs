@@ -11,7 +11,15 @@
 //! The bearer token is read from its file on first use and re-read whenever the file's
 //! identity, length or modification time changes (Kubernetes rotates projected tokens by
 //! swapping the file). It is kept only inside a sensitive `HeaderValue` and never enters a
-//! message, log line or `Debug` output.
+//! message, log line or `Debug` output; a message built from what the target sent (a
+//! target that echoes request headers) has it cut out.
+//!
+//! Redirects are not followed unless the probe's `followRedirects` says so: the probe
+//! judges the endpoint the invariant file names and reaches no host the file does not
+//! name. `sameOrigin` follows only to the URL's own scheme, host and port; `any` follows
+//! anywhere over http(s) but never sends the token (or an `Authorization` or `Cookie`
+//! header) to another origin. Either stops after [`MAX_REDIRECTS`]; a redirect not
+//! followed is the reply judged, and its status error says where it pointed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,7 +27,9 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use futures_util::FutureExt;
-use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, LOCATION, PROXY_AUTHORIZATION,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
@@ -30,7 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::classify::{Stage, classify};
 use super::{BuildError, Probe, ProbeFuture, tls};
-use crate::config::spec::{BodyMatch, ConnectionMode, HttpProbeSpec, StatusRange};
+use crate::config::spec::{BodyMatch, ConnectionMode, FollowRedirects, HttpProbeSpec, StatusRange};
 use crate::sample::{ErrorClass, Observation, ProbeError};
 
 /// Sends one configured request per sample and reads the reply under a size cap.
@@ -44,6 +54,20 @@ pub struct HttpFetcher {
     connection: ConnectionMode,
     token: Option<BearerToken>,
     max_body_bytes: usize,
+    follow_redirects: FollowRedirects,
+}
+
+/// Most redirects followed for one sample (as browsers and Go's HTTP client).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Kept in a response's extensions when it is a redirect the fetcher did not follow, so
+/// the status error can say why.
+#[derive(Clone, Debug)]
+struct RedirectNotFollowed {
+    /// `host:port` the redirect pointed to.
+    to: String,
+    /// Why it was not followed.
+    reason: &'static str,
 }
 
 impl fmt::Debug for HttpFetcher {
@@ -55,6 +79,7 @@ impl fmt::Debug for HttpFetcher {
             .field("connection", &self.connection)
             .field("token", &self.token)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("follow_redirects", &self.follow_redirects)
             .finish_non_exhaustive()
     }
 }
@@ -75,12 +100,10 @@ impl HttpFetcher {
             Some("http") => false,
             _ => return Err(bad_url("the scheme must be http or https")),
         };
-        let host = uri
-            .host()
+        uri.host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad_url("it has no host"))?;
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let peer = format!("{host}:{port}");
+        let peer = peer_of(&uri);
 
         let tls_config = if https {
             tls::client_config(&spec.tls)?
@@ -124,17 +147,70 @@ impl HttpFetcher {
             connection: spec.connection,
             token: spec.bearer_token_file.as_deref().map(BearerToken::new),
             max_body_bytes: spec.max_body_bytes,
+            follow_redirects: spec.follow_redirects,
         })
     }
 
-    /// Sends the request and waits for the response head.
+    /// Sends the request, follows the redirects `followRedirects` allows, and waits for
+    /// the last response head.
     pub async fn send(&self) -> Result<http::Response<Incoming>, ProbeError> {
+        let mut uri = self.uri.clone();
+        let mut method = self.method.clone();
+        let mut hop = 0;
+        loop {
+            let credentials = hop == 0 || same_origin(&self.uri, &uri);
+            let mut response = self.send_once(&method, &uri, credentials).await?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            // A 304, or a 3xx without a usable http(s) Location, is simply the reply.
+            let Some(next) = redirect_target(&uri, &response) else {
+                return Ok(response);
+            };
+            let refused = match self.follow_redirects {
+                FollowRedirects::None => Some("followRedirects is none"),
+                FollowRedirects::SameOrigin if !same_origin(&self.uri, &next) => {
+                    Some("it leaves the URL's origin and followRedirects is sameOrigin")
+                }
+                _ if hop == MAX_REDIRECTS => Some("the redirect limit (10) was reached"),
+                _ => None,
+            };
+            if let Some(reason) = refused {
+                response.extensions_mut().insert(RedirectNotFollowed {
+                    to: peer_of(&next),
+                    reason,
+                });
+                return Ok(response);
+            }
+            if response.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
+                method = Method::GET;
+            }
+            self.drain(response).await;
+            uri = next;
+            hop += 1;
+        }
+    }
+
+    /// One request to `uri`; `credentials` is false once a redirect left the origin, and
+    /// then neither the token nor a configured credential header is sent.
+    async fn send_once(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        credentials: bool,
+    ) -> Result<http::Response<Incoming>, ProbeError> {
         let mut request = Request::new(Empty::<Bytes>::new());
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
         *request.headers_mut() = self.headers.clone();
-        if let Some(token) = &self.token {
-            request.headers_mut().insert(AUTHORIZATION, token.header()?);
+        if credentials {
+            if let Some(token) = &self.token {
+                request.headers_mut().insert(AUTHORIZATION, token.header()?);
+            }
+        } else {
+            for name in [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE] {
+                request.headers_mut().remove(name);
+            }
         }
         self.client.request(request).await.map_err(|e| {
             let stage = if e.is_connect() {
@@ -142,8 +218,24 @@ impl HttpFetcher {
             } else {
                 Stage::Request
             };
-            classify(&e, stage, &self.peer)
+            classify(&e, stage, &peer_of(uri))
         })
+    }
+
+    /// `error` with the bearer token cut out of its message: messages quote a little of
+    /// what the target sent (a JSON string, a bad metrics value), and a target may echo
+    /// the request's headers.
+    pub fn scrub(&self, mut error: ProbeError) -> ProbeError {
+        if let Some(token) = self.token.as_ref().and_then(BearerToken::cached) {
+            let token = token.as_bytes();
+            let secret = token.strip_prefix(b"Bearer ").unwrap_or(token);
+            if let Ok(secret) = std::str::from_utf8(secret)
+                && error.message.contains(secret)
+            {
+                error.message = error.message.replace(secret, "<redacted>");
+            }
+        }
+        error
     }
 
     /// Reads the body, failing with `body_too_large` as soon as it exceeds the cap (the
@@ -203,8 +295,9 @@ impl HttpProbe {
             .iter()
             .any(|r| r.contains(status.as_u16()))
         {
+            let error = status_error(&response, &self.expected_status);
             self.fetcher.drain(response).await;
-            return Err(status_error(status, &self.expected_status));
+            return Err(error);
         }
         let body = self.fetcher.read_body(response).await?;
         if let Some(matcher) = &self.body_match {
@@ -222,14 +315,48 @@ impl Probe for HttpProbe {
         self.run()
             .map(|result| match result {
                 Ok(value) => Observation::Ok { value },
-                Err(e) => Observation::Failed(e),
+                Err(e) => Observation::Failed(self.fetcher.scrub(e)),
             })
             .boxed()
     }
 }
 
-/// `status 500, expected 200-299`.
-pub fn status_error(status: StatusCode, expected: &[StatusRange]) -> ProbeError {
+/// `host:port` of a URL (the default port when it names none): the only part of a URL
+/// that goes into messages, since paths and queries may carry credentials.
+fn peer_of(uri: &Uri) -> String {
+    format!("{}:{}", uri.host().unwrap_or(""), port_of(uri))
+}
+
+/// Whether two http(s) URLs have the same scheme, host (ignoring case) and port.
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.host().map(str::to_ascii_lowercase) == b.host().map(str::to_ascii_lowercase)
+        && port_of(a) == port_of(b)
+}
+
+/// The URL's port, or its scheme's default.
+fn port_of(uri: &Uri) -> u16 {
+    let https = uri.scheme_str() == Some("https");
+    uri.port_u16().unwrap_or(if https { 443 } else { 80 })
+}
+
+/// The http(s) URL a redirect's `Location` points to, resolved against `current` (it
+/// may be relative); `None` without one, or for another scheme.
+fn redirect_target<B>(current: &Uri, response: &http::Response<B>) -> Option<Uri> {
+    let location = response.headers().get(LOCATION)?.to_str().ok()?;
+    let base = url::Url::parse(&current.to_string()).ok()?;
+    let mut next = base.join(location).ok()?;
+    if !matches!(next.scheme(), "http" | "https") || next.host_str().is_none_or(str::is_empty) {
+        return None;
+    }
+    next.set_fragment(None);
+    next.as_str().parse().ok()
+}
+
+/// `status 500, expected 200-299`, and for a redirect not followed, where it pointed and
+/// why it was not followed.
+pub fn status_error<B>(response: &http::Response<B>, expected: &[StatusRange]) -> ProbeError {
+    let status = response.status();
     let ranges: Vec<String> = expected
         .iter()
         .map(|r| {
@@ -240,9 +367,18 @@ pub fn status_error(status: StatusCode, expected: &[StatusRange]) -> ProbeError 
             }
         })
         .collect();
+    let redirect = response
+        .extensions()
+        .get::<RedirectNotFollowed>()
+        .map(|r| format!(" (a redirect to {}, not followed: {})", r.to, r.reason))
+        .unwrap_or_default();
     ProbeError::new(
         ErrorClass::HttpStatus,
-        format!("status {}, expected {}", status.as_u16(), ranges.join(", ")),
+        format!(
+            "status {}, expected {}{redirect}",
+            status.as_u16(),
+            ranges.join(", ")
+        ),
     )
 }
 
@@ -352,6 +488,15 @@ impl BearerToken {
             path: path.to_path_buf(),
             cached: Mutex::new(None),
         }
+    }
+
+    /// The header value last read, if any (no file access).
+    fn cached(&self) -> Option<HeaderValue> {
+        let cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cached.as_ref().map(|c| c.header.clone())
     }
 
     /// The `Authorization` header value, from the cache unless the file changed.
@@ -739,6 +884,13 @@ mod tests {
 
         let server = TestHttpServer::start(|req| match req.uri().path() {
             "/500" => reply(500, TOKEN),
+            // A target that echoes the request's Authorization header where the probe
+            // reads its value: the message quotes the string it found.
+            "/echo-json" => {
+                let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+                let auth = String::from_utf8_lossy(auth.unwrap_or_default()).into_owned();
+                reply(200, &serde_json::json!({ "x": auth }).to_string())
+            }
             _ => reply(200, &format!("echo {TOKEN}")),
         })
         .await;
@@ -762,6 +914,8 @@ mod tests {
         specs.push(mismatch.clone());
         mismatch.body_match = None;
         mismatch.value_pointer = Some("/x".into());
+        specs.push(mismatch.clone());
+        mismatch.url = server.url("/echo-json");
         specs.push(mismatch);
 
         for spec in &specs {
@@ -836,5 +990,153 @@ mod tests {
             assert!(matches!(e, BuildError::Url { .. }), "{url}: {e}");
             assert!(e.to_string().contains(url), "{e}");
         }
+    }
+
+    /// What a test server saw, one line per request.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// A server on `ip` that redirects `/away` to `target`, `/here` to `/ok`, `/loop` to
+    /// itself, answers `/ok` with 200, and records the credential headers it receives.
+    async fn redirecting_server(ip: &str, target: String, seen: Seen) -> TestHttpServer {
+        TestHttpServer::start_at(ip, move |req| {
+            let header = |name: http::HeaderName| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            seen.lock().unwrap().push(format!(
+                "{} {} auth={} cookie={}",
+                req.method(),
+                req.uri().path(),
+                header(AUTHORIZATION),
+                header(COOKIE)
+            ));
+            let redirect = |to: &str| {
+                http::Response::builder()
+                    .status(302)
+                    .header(LOCATION, to)
+                    .body(http_body_util::Full::new(Bytes::new()))
+                    .unwrap()
+            };
+            match req.uri().path() {
+                "/away" => redirect(&target),
+                "/here" => redirect("ok"),
+                "/loop" => redirect("/loop"),
+                "/ok" => reply(200, "landed"),
+                _ => reply(404, ""),
+            }
+        })
+        .await
+    }
+
+    /// Two real servers on two loopback hosts: `a` on 127.0.0.1 redirects `/away` to
+    /// `b` on 127.0.0.2.
+    async fn two_hosts() -> (TestHttpServer, Seen, Seen) {
+        let (seen_a, seen_b) = (Seen::default(), Seen::default());
+        let b = redirecting_server("127.0.0.2", String::new(), seen_b.clone()).await;
+        let a = redirecting_server("127.0.0.1", b.url("/ok"), seen_a.clone()).await;
+        (a, seen_a, seen_b)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_by_default() {
+        let (a, seen_a, seen_b) = two_hosts().await;
+        for path in ["/away", "/here"] {
+            let e = failure(&http_spec(&a.url(path))).await;
+            assert_eq!(e.class, ErrorClass::HttpStatus);
+            let to = if path == "/away" {
+                "127.0.0.2"
+            } else {
+                "127.0.0.1"
+            };
+            assert!(
+                e.message.starts_with(&format!(
+                    "status 302, expected 200-299 (a redirect to {to}:"
+                )) && e
+                    .message
+                    .ends_with("not followed: followRedirects is none)"),
+                "{e}"
+            );
+        }
+        assert_eq!(seen_a.lock().unwrap().len(), 2);
+        assert!(
+            seen_b.lock().unwrap().is_empty(),
+            "the other host was never asked"
+        );
+        // A redirect the invariant expects is simply a success.
+        let mut spec = http_spec(&a.url("/away"));
+        spec.expected_status = vec![StatusRange {
+            low: 302,
+            high: 302,
+        }];
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+    }
+
+    #[tokio::test]
+    async fn same_origin_follows_only_within_the_origin() {
+        let (a, seen_a, seen_b) = two_hosts().await;
+        let mut spec = http_spec(&a.url("/here"));
+        spec.follow_redirects = FollowRedirects::SameOrigin;
+        spec.body_match = Some(BodyMatch::Substring("landed".into()));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+
+        spec.url = a.url("/away");
+        let e = failure(&spec).await;
+        assert_eq!(e.class, ErrorClass::HttpStatus);
+        assert!(
+            e.message.contains("a redirect to 127.0.0.2:")
+                && e.message.contains(
+                    "not followed: it leaves the URL's origin and followRedirects is sameOrigin"
+                ),
+            "{e}"
+        );
+        assert!(
+            seen_b.lock().unwrap().is_empty(),
+            "the other host was never asked"
+        );
+        // `localhost` is another origin than 127.0.0.1, though it is the same machine.
+        spec.url = format!("http://localhost:{}/away", a.addr.port());
+        assert!(failure(&spec).await.message.contains("sameOrigin"));
+        assert_eq!(
+            seen_a.lock().unwrap().len(),
+            4,
+            "{:?}",
+            seen_a.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn any_follows_off_host_without_sending_credentials() {
+        let (a, seen_a, seen_b) = two_hosts().await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-redirect").unwrap();
+        let mut spec = http_spec(&a.url("/away"));
+        spec.follow_redirects = FollowRedirects::Any;
+        spec.bearer_token_file = Some(token);
+        spec.headers = vec![(COOKIE, HeaderValue::from_static("session=s1"))];
+        spec.body_match = Some(BodyMatch::Substring("landed".into()));
+        assert_eq!(observe(&spec).await, Observation::Ok { value: None });
+        assert_eq!(
+            *seen_a.lock().unwrap(),
+            ["GET /away auth=Bearer tok-redirect cookie=session=s1"]
+        );
+        assert_eq!(*seen_b.lock().unwrap(), ["GET /ok auth=- cookie=-"]);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_stops_at_the_limit() {
+        let (a, seen_a, _) = two_hosts().await;
+        let mut spec = http_spec(&a.url("/loop"));
+        spec.follow_redirects = FollowRedirects::SameOrigin;
+        let e = failure(&spec).await;
+        assert!(
+            e.message
+                .ends_with("not followed: the redirect limit (10) was reached)"),
+            "{e}"
+        );
+        assert_eq!(seen_a.lock().unwrap().len(), MAX_REDIRECTS + 1);
     }
 }

@@ -42,14 +42,15 @@ impl MetricsProbe {
         };
         let status = response.status();
         if !status.is_success() {
-            self.fetcher.drain(response).await;
-            return Observation::Failed(status_error(
-                status,
+            let error = status_error(
+                &response,
                 &[StatusRange {
                     low: 200,
                     high: 299,
                 }],
-            ));
+            );
+            self.fetcher.drain(response).await;
+            return Observation::Failed(error);
         }
         let body = match self.fetcher.read_body(response).await {
             Ok(b) => b,
@@ -60,9 +61,10 @@ impl MetricsProbe {
             Ok(Some(value)) => Observation::Ok { value: Some(value) },
             Ok(None) => Observation::Absent,
             // The invariant already names the target; the line number is what helps.
-            Err(e) => {
-                Observation::Failed(ProbeError::new(ErrorClass::InvalidResponse, e.to_string()))
-            }
+            Err(e) => Observation::Failed(
+                self.fetcher
+                    .scrub(ProbeError::new(ErrorClass::InvalidResponse, e.to_string())),
+            ),
         }
     }
 }

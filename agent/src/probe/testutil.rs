@@ -24,7 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::spec::{ConnectionMode, HttpProbeSpec, ProbeSpec, StatusRange, TlsSpec};
+use crate::config::spec::{
+    ConnectionMode, FollowRedirects, HttpProbeSpec, ProbeSpec, StatusRange, TlsSpec,
+};
 use crate::probe::build;
 use crate::sample::{Observation, ProbeError};
 
@@ -46,7 +48,16 @@ impl TestHttpServer {
     pub async fn start(
         handler: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
     ) -> Self {
-        Self::serve(None, Arc::new(handler)).await
+        Self::serve("127.0.0.1", None, Arc::new(handler)).await
+    }
+
+    /// Starts a plain HTTP server on another loopback address (e.g. `127.0.0.2`): a
+    /// second host for tests that must tell hosts apart.
+    pub async fn start_at(
+        ip: &str,
+        handler: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(ip, None, Arc::new(handler)).await
     }
 
     /// Starts an HTTPS server with `config`.
@@ -54,11 +65,16 @@ impl TestHttpServer {
         config: Arc<ServerConfig>,
         handler: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
     ) -> Self {
-        Self::serve(Some(TlsAcceptor::from(config)), Arc::new(handler)).await
+        Self::serve(
+            "127.0.0.1",
+            Some(TlsAcceptor::from(config)),
+            Arc::new(handler),
+        )
+        .await
     }
 
-    async fn serve(tls: Option<TlsAcceptor>, handler: Handler) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn serve(ip: &str, tls: Option<TlsAcceptor>, handler: Handler) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -275,6 +291,7 @@ pub fn http_spec(url: &str) -> HttpProbeSpec {
         value_pointer: None,
         connection: ConnectionMode::Reused,
         max_body_bytes: 1024 * 1024,
+        follow_redirects: FollowRedirects::None,
     }
 }
 
