@@ -92,11 +92,15 @@ const API_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<Report, RunError> {
     let mut jobs = Vec::with_capacity(options.set.invariants.len());
     let probe_context = crate::probe::ProbeContext::new(&options.set, &options.kube).await?;
+    // The run id: configured, else (under leader election) the one on the Lease that
+    // every agent shares, else generated (report::configured_run_id has the rule).
+    let configured_run_id = report::configured_run_id(options.report.run_id.as_deref());
     let mut election = crate::kube::lease::for_run(
         &options.leader_elect,
         &options.set,
         probe_context.kube(),
         &options.kube,
+        configured_run_id.as_ref().map(|(id, _)| id.as_str()),
     )
     .await?;
     for (index, invariant) in options.set.invariants.iter().enumerate() {
@@ -121,7 +125,10 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
 
     let started_at = Timestamp::now();
     let meta = RunMeta {
-        id: report::run_id_from_env(started_at),
+        id: election
+            .as_ref()
+            .and_then(|e| e.run_id())
+            .map_or_else(|| report::run_id(options.report.run_id.as_deref(), started_at), str::to_string),
         started_at,
         config_files: options.config_files.clone(),
         node: report::node_name_from_env(),
@@ -144,7 +151,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         run_id: &meta.id,
         cluster: options.report.cluster.as_deref(),
     };
-    let exporters = crate::export::Exporters::start(
+    let mut exporters = crate::export::Exporters::start(
         &options.export,
         &options.set,
         &run_identity,
@@ -172,6 +179,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     }
     if let Some(election) = &mut election {
         engine.follow_leadership(election.lease(), election.identity(), election.leading());
+        exporters.follow_leadership(election.leading());
         election.start();
     }
     let engine_task = tokio::spawn(engine::run(engine, events_rx, commands_rx, snapshots_tx));
