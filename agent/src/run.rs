@@ -125,10 +125,10 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
 
     let started_at = Timestamp::now();
     let meta = RunMeta {
-        id: election
-            .as_ref()
-            .and_then(|e| e.run_id())
-            .map_or_else(|| report::run_id(options.report.run_id.as_deref(), started_at), str::to_string),
+        id: election.as_ref().and_then(|e| e.run_id()).map_or_else(
+            || report::run_id(options.report.run_id.as_deref(), started_at),
+            str::to_string,
+        ),
         started_at,
         config_files: options.config_files.clone(),
         node: report::node_name_from_env(),

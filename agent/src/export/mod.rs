@@ -27,8 +27,8 @@ use clap::Args;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::RunIdentity;
 use self::cluster::ClusterStream;
+pub use self::config::RunIdentity;
 use self::config::{ConfigErrors, ExportConfig, ProcessEnv};
 use self::otlp::{DurationRecorder, OtlpExporter};
 use self::prometheus::{Exposition, Readiness};

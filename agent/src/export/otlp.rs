@@ -38,8 +38,8 @@ use opentelemetry_sdk::metrics::{
 
 use super::config::OtlpConfig;
 use super::series::{
-    self, ATTR_OUTCOME, Counters, DURATION_BOUNDS, DURATION_OUTCOMES, Identity, Monotonic,
-    Point, SAMPLE_OUTCOMES,
+    self, ATTR_OUTCOME, Counters, DURATION_BOUNDS, DURATION_OUTCOMES, Identity, Monotonic, Point,
+    SAMPLE_OUTCOMES,
 };
 use crate::engine::Snapshots;
 use crate::report::Report;
@@ -114,7 +114,12 @@ impl OtlpExporter {
         let attrs = Arc::new(Attributes::new(identities));
         let routing = Arc::new(ClusterRouting::default());
         let exporter = metric_exporter(config, channel.clone())?;
-        let source = Source::new(snapshots.clone(), attrs.clone(), routing.clone(), Carries::Agent);
+        let source = Source::new(
+            snapshots.clone(),
+            attrs.clone(),
+            routing.clone(),
+            Carries::Agent,
+        );
         let (provider, instruments) = provider_for(exporter, config.interval, resource, source);
         let recorder = instruments.recorder();
         let agent = Pipeline {
@@ -258,9 +263,14 @@ impl ClusterPipelines {
             self.routing.clone(),
             Carries::ClusterTerm { baseline },
         );
-        let (provider, instruments) =
-            provider_for(exporter, self.config.interval, self.resource.clone(), source);
-        self.routing.begin(instruments.duration.clone(), &self.attrs);
+        let (provider, instruments) = provider_for(
+            exporter,
+            self.config.interval,
+            self.resource.clone(),
+            source,
+        );
+        self.routing
+            .begin(instruments.duration.clone(), &self.attrs);
         Ok(Pipeline {
             provider: Some(provider),
             _instruments: instruments,
@@ -733,12 +743,9 @@ impl DurationRecorder {
         debug_assert!(outcome < DURATION_OUTCOMES.len());
         let source = &self.source;
         if source.attrs.cluster_scoped(invariant) && source.routing.elected() {
-            source.routing.record(
-                invariant,
-                outcome,
-                sample.latency.as_secs_f64(),
-                sample.at,
-            );
+            source
+                .routing
+                .record(invariant, outcome, sample.latency.as_secs_f64(), sample.at);
             return;
         }
         if let Some(attrs) = self.source.attrs.outcomes.get(invariant) {
@@ -805,5 +812,297 @@ impl<E: PushMetricExporter> PushMetricExporter for LoggingExporter<E> {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::engine::{Engine, RunMeta};
+    use crate::report::RunStatus;
+    use crate::sample::Observation;
+    use crate::schedule::Event;
+
+    const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: web
+    description: d
+    owner: o
+    probe:
+      http: {url: "http://127.0.0.1:1/"}
+    condition:
+      availability: {target: 100, window: 1m}
+  - name: api
+    description: d
+    owner: o
+    scope: cluster
+    probe:
+      http: {url: "http://127.0.0.1:1/api"}
+    condition:
+      availability: {target: 100, window: 1m}
+"#;
+
+    /// Keeps every export as the OTLP request the collector would receive.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+
+    impl PushMetricExporter for Capture {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            self.0.lock().unwrap().push(metrics.into());
+            Ok(())
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    /// One received data point: resource `service.instance.id`, metric, `invariant`
+    /// (and `outcome`), value (a histogram's count).
+    type Point = (Option<String>, String, String, f64);
+
+    impl Capture {
+        /// The points of the newest export, sorted.
+        fn last(&self) -> Vec<Point> {
+            let requests = self.0.lock().unwrap();
+            let mut out = Vec::new();
+            let Some(request) = requests.last() else {
+                return out;
+            };
+            let text = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                kvs.iter()
+                    .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+                        _ => None,
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            };
+            for rm in &request.resource_metrics {
+                let resource = text(&rm.resource.as_ref().unwrap().attributes);
+                let instance = resource.get(INSTANCE).cloned();
+                for m in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+                    let number = |v: &Option<number_data_point::Value>| match v {
+                        Some(number_data_point::Value::AsInt(i)) => *i as f64,
+                        Some(number_data_point::Value::AsDouble(d)) => *d,
+                        None => f64::NAN,
+                    };
+                    let mut push = |attrs: &[_], value: f64| {
+                        let a = text(attrs);
+                        let mut id = a.get("invariant").cloned().unwrap_or_default();
+                        if let Some(outcome) = a.get("outcome") {
+                            id = format!("{id}/{outcome}");
+                        }
+                        out.push((instance.clone(), m.name.clone(), id, value));
+                    };
+                    match &m.data {
+                        Some(metric::Data::Sum(s)) => s
+                            .data_points
+                            .iter()
+                            .for_each(|p| push(&p.attributes, number(&p.value))),
+                        Some(metric::Data::Gauge(g)) => g
+                            .data_points
+                            .iter()
+                            .for_each(|p| push(&p.attributes, number(&p.value))),
+                        Some(metric::Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .for_each(|p| push(&p.attributes, p.count as f64)),
+                        _ => {}
+                    }
+                }
+            }
+            out.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+            out
+        }
+    }
+
+    const INSTANCE: &str = "service.instance.id";
+
+    fn sample(at: i64) -> Sample {
+        Sample {
+            at: Timestamp(at),
+            latency: Duration::from_millis(3),
+            observation: Observation::Ok { value: None },
+        }
+    }
+
+    fn find<'a>(points: &'a [Point], metric: &str, id: &str) -> Option<&'a Point> {
+        points.iter().find(|p| p.1 == metric && p.2 == id)
+    }
+
+    /// Without leader election the agent's pipeline carries every series; once the
+    /// cluster stream takes the cluster-scoped ones over, the agent's keeps only the
+    /// node-scoped ones and `invariant.agent.leader`, and a term carries the cluster-scoped
+    /// ones alone, under its own resource, counted from its baseline. Probe durations of
+    /// cluster-scoped invariants go to the term, those finished before it starts too, but
+    /// not those of samples that started before the previous term ended.
+    #[test]
+    fn the_cluster_scoped_series_move_to_the_term_counted_from_its_baseline() {
+        let set = crate::config::parse_str("t.yaml", FILE).unwrap();
+        let identities = series::identities(&set);
+        let mut engine = Engine::new(
+            &set,
+            RunMeta {
+                id: "r".into(),
+                started_at: Timestamp(0),
+                config_files: vec![],
+                node: None,
+            },
+        );
+        let (_unused, rx) = watch::channel(false);
+        engine.follow_leadership("ns/l", "me", rx);
+        engine.set_leading(true, Timestamp(0));
+        for (invariant, at) in [(0, 100), (1, 100), (1, 200), (1, 300)] {
+            engine.handle(Event::Sample {
+                invariant,
+                sample: sample(at),
+            });
+        }
+        let (tx, snapshots) = watch::channel(None);
+        tx.send_replace(Some(Arc::new(
+            engine.report(Timestamp(1000), RunStatus::Running),
+        )));
+
+        let attrs = Arc::new(Attributes::new(&identities));
+        let routing = Arc::new(ClusterRouting::default());
+        let agent_export = Capture::default();
+        let agent_resource = resource(&[(INSTANCE.into(), "agent-a".into())]);
+        let source = Source::new(
+            snapshots.clone(),
+            attrs.clone(),
+            routing.clone(),
+            Carries::Agent,
+        );
+        let (agent, instruments) = provider_for(
+            agent_export.clone(),
+            Duration::from_secs(3600),
+            agent_resource,
+            source,
+        );
+        let recorder = instruments.recorder();
+        recorder.record(0, &sample(100));
+        agent.force_flush().unwrap();
+        let seen = agent_export.last();
+        let instance = Some("agent-a".to_string());
+        assert_eq!(
+            find(&seen, "invariant.samples", "api/ok"),
+            Some(&(
+                instance.clone(),
+                "invariant.samples".into(),
+                "api/ok".into(),
+                3.0
+            )),
+            "without a cluster stream the agent exports it: {seen:?}"
+        );
+
+        // The cluster stream takes over.
+        routing.elected.store(true, Ordering::Relaxed);
+        recorder.record(1, &sample(400)); // waits for the term
+        agent.force_flush().unwrap();
+        let seen = agent_export.last();
+        assert!(
+            seen.iter()
+                .all(|p| p.2 != "api" && !p.2.starts_with("api/")),
+            "{seen:?}"
+        );
+        assert!(
+            find(&seen, "invariant.samples", "web/ok").is_some(),
+            "{seen:?}"
+        );
+        assert!(
+            find(&seen, "invariant.agent.leader", "").is_some(),
+            "{seen:?}"
+        );
+        assert!(seen.iter().all(|p| p.0 == instance));
+
+        // A term counted from 1 ok sample of api (and 1 of web, which it does not carry).
+        let baseline = vec![
+            Counters {
+                samples: [1, 0, 0, 0],
+                ..Counters::default()
+            };
+            2
+        ];
+        let term_export = Capture::default();
+        let term_source = Source::new(
+            snapshots.clone(),
+            attrs.clone(),
+            routing.clone(),
+            Carries::ClusterTerm { baseline },
+        );
+        let (term, term_instruments) = provider_for(
+            term_export.clone(),
+            Duration::from_secs(3600),
+            resource(&[("k8s.cluster.name".into(), "c".into())]),
+            term_source,
+        );
+        routing.begin(term_instruments.duration.clone(), &attrs);
+        recorder.record(1, &sample(500));
+        recorder.record(0, &sample(500));
+        term.force_flush().unwrap();
+        let seen = term_export.last();
+        assert!(seen.iter().all(|p| p.0.is_none()), "{seen:?}");
+        assert!(seen.iter().all(|p| p.2 == "api" || p.2.starts_with("api/")));
+        assert_eq!(find(&seen, "invariant.samples", "api/ok").unwrap().3, 2.0);
+        assert_eq!(find(&seen, "invariant.violations", "api").unwrap().3, 0.0);
+        assert_eq!(find(&seen, "invariant.state", "api").unwrap().3, 1.0);
+        assert_eq!(
+            find(&seen, "invariant.probe.duration", "api/ok").unwrap().3,
+            2.0,
+            "the duration that waited and the one after the start"
+        );
+        assert!(find(&seen, "invariant.agent.leader", "").is_none());
+        agent.force_flush().unwrap();
+        assert_eq!(
+            find(&agent_export.last(), "invariant.probe.duration", "web/ok")
+                .unwrap()
+                .3,
+            2.0
+        );
+
+        // The term ends at 1000: a sample in flight then (started at 900) belongs to it and
+        // is dropped; one started after waits for the next term.
+        routing.end(Timestamp(1000));
+        let _ = term.shutdown();
+        recorder.record(1, &sample(900));
+        recorder.record(1, &sample(1100));
+        let next_export = Capture::default();
+        let (next, next_instruments) = provider_for(
+            next_export.clone(),
+            Duration::from_secs(3600),
+            resource(&[]),
+            Source::new(
+                snapshots,
+                attrs.clone(),
+                routing.clone(),
+                Carries::ClusterTerm { baseline: vec![] },
+            ),
+        );
+        routing.begin(next_instruments.duration.clone(), &attrs);
+        next.force_flush().unwrap();
+        let seen = next_export.last();
+        assert_eq!(
+            find(&seen, "invariant.probe.duration", "api/ok").unwrap().3,
+            1.0
+        );
+        assert_eq!(
+            find(&seen, "invariant.samples", "api/ok").unwrap().3,
+            3.0,
+            "no baseline: the engine's totals"
+        );
+        let _ = (next.shutdown(), agent.shutdown());
     }
 }

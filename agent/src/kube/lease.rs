@@ -609,7 +609,12 @@ pub async fn agree_on_run_id<S: LeaseStore>(
 /// [`agree_on_run_id`], retried every [`RETRY_PERIOD`] for up to [`RUN_ID_DEADLINE`];
 /// when the API server does not answer by then, this agent uses `proposal` alone (logged:
 /// its reports and cluster-scoped series then carry a run id the other agents do not).
-async fn shared_run_id<S: LeaseStore>(store: &S, lease: &str, name: &str, proposal: &str) -> String {
+async fn shared_run_id<S: LeaseStore>(
+    store: &S,
+    lease: &str,
+    name: &str,
+    proposal: &str,
+) -> String {
     let deadline = Instant::now() + RUN_ID_DEADLINE;
     loop {
         let attempt = tokio::time::timeout(
@@ -1411,6 +1416,157 @@ mod tests {
         async fn replace(&self, lease: Lease) -> Result<Lease, StoreError> {
             self.0.replace(lease).await
         }
+    }
+
+    fn run_id_on(store: &FakeStore) -> Option<String> {
+        let lease = store.lease.lock().unwrap();
+        lease.as_ref().and_then(run_id_of).map(str::to_string)
+    }
+
+    /// The first agent finds no Lease and creates it unheld with its run id; every later
+    /// agent reads that id; the Lease keeps it through takeovers, renewals and releases,
+    /// and an agent that recreates a deleted Lease writes it again.
+    #[tokio::test]
+    async fn the_run_id_is_agreed_on_the_lease_and_kept_by_every_write() {
+        let store = FakeStore::default();
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-a").await,
+            Ok("run-a".into())
+        );
+        assert_eq!(store.take_requests(), ["get (fresh)", "create"]);
+        assert_eq!(store.holder(), None, "created unheld");
+        assert_eq!(store.spec().lease_duration_seconds, Some(1));
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-b").await,
+            Ok("run-a".into())
+        );
+        assert_eq!(store.take_requests(), ["get (fresh)"], "a read, no write");
+
+        let t0 = Instant::now();
+        let mut a = Candidate::new("a", "l").with_run_id("run-a");
+        let mut b = Candidate::new("b", "l").with_run_id("run-b");
+        assert_eq!(
+            a.round(&store, t0).await,
+            Round::Leads {
+                acquired: true,
+                previous: None
+            },
+            "an unheld Lease is free"
+        );
+        assert_eq!(store.take_requests(), ["get", "update"]);
+        b.round(&store, t0).await;
+        a.round(&store, t0 + secs(2)).await;
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+        a.release(&store).await.unwrap();
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+        b.round(&store, t0 + secs(3)).await;
+        assert_eq!(store.holder().as_deref(), Some("b"));
+        assert_eq!(
+            run_id_on(&store).as_deref(),
+            Some("run-a"),
+            "b's own id never replaces the Lease's"
+        );
+
+        // Someone deletes the Lease mid-run: its next creator writes the run id again.
+        *store.lease.lock().unwrap() = None;
+        let mut c = Candidate::new("c", "l").with_run_id("run-a");
+        c.round(&store, t0 + secs(4)).await;
+        assert_eq!(store.holder().as_deref(), Some("c"));
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+    }
+
+    /// A store where another agent writes the Lease (with `run-other`) just before this
+    /// agent's first write.
+    struct RacingStore {
+        inner: FakeStore,
+        raced: Mutex<bool>,
+    }
+
+    impl RacingStore {
+        async fn race(&self) {
+            if std::mem::replace(&mut *self.raced.lock().unwrap(), true) {
+                return;
+            }
+            match self.inner.get(true).await.unwrap() {
+                None => {
+                    let other = Candidate::new("other", "l").with_run_id("run-other");
+                    let mut lease = other.claim(None);
+                    lease.spec.as_mut().unwrap().holder_identity = None;
+                    self.inner.create(lease).await.unwrap();
+                }
+                Some(lease) => {
+                    let metadata = with_run_id(lease.metadata.clone(), Some("run-other"));
+                    self.inner
+                        .replace(Lease { metadata, ..lease })
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    impl LeaseStore for RacingStore {
+        async fn get(&self, fresh: bool) -> Result<Option<Lease>, StoreError> {
+            self.inner.get(fresh).await
+        }
+        async fn create(&self, lease: Lease) -> Result<Lease, StoreError> {
+            self.race().await;
+            self.inner.create(lease).await
+        }
+        async fn replace(&self, lease: Lease) -> Result<Lease, StoreError> {
+            self.race().await;
+            self.inner.replace(lease).await
+        }
+    }
+
+    /// Agents that race to write the run id agree on the winner's; a Lease written by an
+    /// older agent (no run id) gets one added, its holder untouched.
+    #[tokio::test]
+    async fn racing_agents_agree_on_one_run_id_and_an_old_lease_gets_one() {
+        let racing = RacingStore {
+            inner: FakeStore::default(),
+            raced: Mutex::new(false),
+        };
+        assert_eq!(
+            agree_on_run_id(&racing, "l", "run-mine").await,
+            Ok("run-other".into())
+        );
+        assert_eq!(
+            racing.inner.take_requests(),
+            [
+                "get (fresh)",
+                "get (fresh)",
+                "create",
+                "create",
+                "get (fresh)"
+            ],
+            "our create lost to the other agent's; the next read has its id"
+        );
+
+        let store = FakeStore::default();
+        Candidate::new("old", "l")
+            .round(&store, Instant::now())
+            .await;
+        assert_eq!(run_id_on(&store), None);
+        let racing = RacingStore {
+            inner: store,
+            raced: Mutex::new(false),
+        };
+        assert_eq!(
+            agree_on_run_id(&racing, "l", "run-mine").await,
+            Ok("run-other".into()),
+            "the other agent annotated it first"
+        );
+        let store = FakeStore::default();
+        Candidate::new("old", "l")
+            .round(&store, Instant::now())
+            .await;
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-mine").await,
+            Ok("run-mine".into())
+        );
+        assert_eq!(store.holder().as_deref(), Some("old"));
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-mine"));
     }
 
     #[test]

@@ -675,6 +675,24 @@ mod tests {
     }
 
     #[test]
+    fn a_run_id_flag_wins_and_is_checked() {
+        assert_eq!(
+            configured_run_id(Some(" e2e-42 ")),
+            Some(("e2e-42".to_string(), "--run-id"))
+        );
+        assert_eq!(run_id(Some("e2e-42"), Timestamp(7)), "e2e-42");
+        assert!(generated_run_id(Timestamp(7)).starts_with("run-7-"));
+        assert_ne!(
+            generated_run_id(Timestamp(7)),
+            generated_run_id(Timestamp(7))
+        );
+        assert_eq!(parse_run_id(" a b "), Ok("a b".to_string()));
+        assert!(parse_run_id("  ").unwrap_err().contains("empty"));
+        assert!(parse_run_id("a\nb").unwrap_err().contains("control"));
+        assert!(parse_run_id(&"x".repeat(129)).unwrap_err().contains("128"));
+    }
+
+    #[test]
     fn annotations_are_bounded_by_bytes_and_replacements_keep_the_total_right() {
         // 4 KiB names (the API's longest) fill the bytes long before the count.
         let name = |i: usize| format!("{i:04096}");
