@@ -147,16 +147,14 @@ impl Agent {
 
 /// The Lease's holder (empty when unheld), or `None` when there is no Lease.
 async fn holder(kube: &KubeApiserver) -> Option<String> {
+    lease_field(kube, "{.spec.holderIdentity}").await
+}
+
+/// A field of the Lease by JSONPath (empty when unset), or `None` when there is no Lease.
+async fn lease_field(kube: &KubeApiserver, path: &str) -> Option<String> {
+    let jsonpath = format!("jsonpath={path}");
     let out = kube
-        .kubectl_admin(&[
-            "get",
-            "lease",
-            LEASE,
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
+        .kubectl_admin(&["get", "lease", LEASE, "-n", NAMESPACE, "-o", &jsonpath])
         .await;
     if out.stderr.contains("NotFound") {
         return None;
@@ -535,20 +533,9 @@ async fn kube_leader_the_new_leader_continues_the_cluster_scoped_series() {
     })
     .await;
     let on_b = b.metrics().await;
-    let lease_run_id = kube
-        .kubectl_admin(&[
-            "get",
-            "lease",
-            LEASE,
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.metadata.annotations.invariant-agent/run-id}",
-        ])
+    let lease_run_id = lease_field(&kube, "{.metadata.annotations.invariant-agent/run-id}")
         .await
-        .stdout
-        .trim()
-        .to_string();
+        .expect("the Lease exists");
     signal(b.pid, "TERM");
     let (b_report, b_stderr) = b.finish().await;
     let a_report = a.ws.report();

@@ -227,9 +227,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::engine::{Engine, RunMeta};
+    use crate::engine::Engine;
+    use crate::export::testutil::{engine_under_election, ok_sample};
     use crate::report::RunStatus;
-    use crate::sample::{Observation, Sample, Timestamp};
+    use crate::sample::Timestamp;
     use crate::schedule::Event;
 
     const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
@@ -306,18 +307,7 @@ invariants:
     /// before that snapshot keeps the term; the run's end flushes the open term.
     #[tokio::test(start_paused = true)]
     async fn terms_follow_leadership_and_count_from_the_counters_before_each() {
-        let set = crate::config::parse_str("t.yaml", FILE).unwrap();
-        let mut engine = Engine::new(
-            &set,
-            RunMeta {
-                id: "r".into(),
-                started_at: Timestamp(0),
-                config_files: vec![],
-                node: None,
-            },
-        );
-        let (_unused, rx) = watch::channel(false);
-        engine.follow_leadership("ns/l", "me", rx);
+        let (_, mut engine) = engine_under_election(FILE);
         let mut at = 0;
         let mut publish = |engine: &mut Engine, tx: &watch::Sender<_>| {
             at += 1000;
@@ -328,11 +318,7 @@ invariants:
         let sample = |engine: &mut Engine, ms: i64| {
             engine.handle(Event::Sample {
                 invariant: 0,
-                sample: Sample {
-                    at: Timestamp(ms),
-                    latency: Duration::from_millis(3),
-                    observation: Observation::Ok { value: None },
-                },
+                sample: ok_sample(ms),
             })
         };
 

@@ -314,3 +314,39 @@ impl SampleObserver for Recorder {
         }
     }
 }
+
+/// Fixtures shared by the export modules' tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::time::Duration;
+
+    use crate::config::InvariantSet;
+    use crate::engine::{Engine, RunMeta};
+    use crate::sample::{Observation, Sample, Timestamp};
+
+    /// The invariants of `yaml` and an engine for them under leader election, not leading.
+    pub fn engine_under_election(yaml: &str) -> (InvariantSet, Engine) {
+        let set = crate::config::parse_str("t.yaml", yaml).unwrap();
+        let mut engine = Engine::new(
+            &set,
+            RunMeta {
+                id: "r".into(),
+                started_at: Timestamp(0),
+                config_files: vec![],
+                node: None,
+            },
+        );
+        let (_unused, leading) = tokio::sync::watch::channel(false);
+        engine.follow_leadership("ns/l", "me", leading);
+        (set, engine)
+    }
+
+    /// A good sample started at `at` (ms), 3 ms long.
+    pub fn ok_sample(at: i64) -> Sample {
+        Sample {
+            at: Timestamp(at),
+            latency: Duration::from_millis(3),
+            observation: Observation::Ok { value: None },
+        }
+    }
+}

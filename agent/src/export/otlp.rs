@@ -825,9 +825,8 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::engine::{Engine, RunMeta};
+    use crate::export::testutil::{engine_under_election, ok_sample as sample};
     use crate::report::RunStatus;
-    use crate::sample::Observation;
     use crate::schedule::Event;
 
     const FILE: &str = r#"apiVersion: invariant-agent/v1alpha1
@@ -931,14 +930,6 @@ invariants:
 
     const INSTANCE: &str = "service.instance.id";
 
-    fn sample(at: i64) -> Sample {
-        Sample {
-            at: Timestamp(at),
-            latency: Duration::from_millis(3),
-            observation: Observation::Ok { value: None },
-        }
-    }
-
     fn find<'a>(points: &'a [Point], metric: &str, id: &str) -> Option<&'a Point> {
         points.iter().find(|p| p.1 == metric && p.2 == id)
     }
@@ -951,19 +942,8 @@ invariants:
     /// not those of samples that started before the previous term ended.
     #[test]
     fn the_cluster_scoped_series_move_to_the_term_counted_from_its_baseline() {
-        let set = crate::config::parse_str("t.yaml", FILE).unwrap();
+        let (set, mut engine) = engine_under_election(FILE);
         let identities = series::identities(&set);
-        let mut engine = Engine::new(
-            &set,
-            RunMeta {
-                id: "r".into(),
-                started_at: Timestamp(0),
-                config_files: vec![],
-                node: None,
-            },
-        );
-        let (_unused, rx) = watch::channel(false);
-        engine.follow_leadership("ns/l", "me", rx);
         engine.set_leading(true, Timestamp(0));
         for (invariant, at) in [(0, 100), (1, 100), (1, 200), (1, 300)] {
             engine.handle(Event::Sample {
