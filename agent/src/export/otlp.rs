@@ -126,7 +126,7 @@ impl OtlpExporter {
             provider: Some(provider),
             _instruments: instruments,
             endpoint: config.endpoint.clone(),
-            series: "",
+            series: "this agent's",
         };
         let cluster = Arc::new(ClusterPipelines {
             config: config.clone(),
@@ -159,7 +159,7 @@ pub struct Pipeline {
     /// Kept so the callbacks stay registered for the provider's life.
     _instruments: Instruments,
     endpoint: String,
-    /// Which series, for messages: empty for this agent's, else e.g. "cluster-scoped ".
+    /// Which series, for messages: "this agent's" or "cluster-scoped".
     series: &'static str,
 }
 
@@ -180,21 +180,23 @@ impl Pipeline {
                 let _ = done_tx.send(provider.shutdown());
             });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the OTLP flush; final {series}metric values not exported");
+            tracing::warn!(error = %e, series, "cannot start the OTLP flush; final metric values not exported");
             return;
         }
         match tokio::time::timeout(deadline, done_rx).await {
             Ok(Ok(Ok(()))) => {
-                tracing::info!(endpoint = %endpoint, "final {series}metric values flushed to the collector")
+                tracing::info!(endpoint = %endpoint, series, "final metric values flushed to the collector")
             }
             Ok(Ok(Err(e))) => tracing::warn!(
-                endpoint = %endpoint, error = %e,
-                "final OTLP export of {series}metric values failed; the collector keeps the values of the last successful export"
+                endpoint = %endpoint, series, error = %e,
+                "final OTLP export failed; the collector keeps the values of the last successful export"
             ),
-            Ok(Err(_)) => tracing::warn!(endpoint = %endpoint, "OTLP flush ended without a result"),
+            Ok(Err(_)) => {
+                tracing::warn!(endpoint = %endpoint, series, "OTLP flush ended without a result")
+            }
             Err(_) => tracing::warn!(
-                endpoint = %endpoint, deadline = ?deadline,
-                "the collector did not take the final export of {series}metric values in time; giving up on it"
+                endpoint = %endpoint, series, deadline = ?deadline,
+                "the collector did not take the final export in time; giving up on it"
             ),
         }
     }
@@ -275,7 +277,7 @@ impl ClusterPipelines {
             provider: Some(provider),
             _instruments: instruments,
             endpoint: self.config.endpoint.clone(),
-            series: "cluster-scoped ",
+            series: "cluster-scoped",
         })
     }
 
