@@ -124,11 +124,14 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     }
 
     let started_at = Timestamp::now();
+    let election_run_id = election.as_ref().and_then(|e| e.run_id());
+    let (run_id, run_id_from) = match (configured_run_id, election_run_id) {
+        (Some((id, from)), _) => (id, from),
+        (None, Some(id)) => (id.to_string(), "leader election"),
+        (None, None) => (report::generated_run_id(started_at), "generated"),
+    };
     let meta = RunMeta {
-        id: election.as_ref().and_then(|e| e.run_id()).map_or_else(
-            || report::run_id(options.report.run_id.as_deref(), started_at),
-            str::to_string,
-        ),
+        id: run_id,
         started_at,
         config_files: options.config_files.clone(),
         node: report::node_name_from_env(),
@@ -136,6 +139,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let report_path = options.report_dir.join(REPORT_FILE);
     tracing::info!(
         run_id = %meta.id,
+        run_id_from,
         invariants = jobs.len(),
         report = %report_path.display(),
         "starting run"

@@ -606,7 +606,7 @@ impl Report {
 ///    share it ([`crate::kube::lease::agree_on_run_id`]);
 /// 4. generated at start ([`generated_run_id`]).
 ///
-/// This returns the first two (with the variable or flag it came from), `None` otherwise.
+/// This returns the first two (with the flag or variable it came from), `None` otherwise.
 pub fn configured_run_id(flag: Option<&str>) -> Option<(String, &'static str)> {
     if let Some(id) = flag.map(str::trim).filter(|id| !id.is_empty()) {
         return Some((id.to_string(), "--run-id"));
@@ -620,12 +620,6 @@ pub fn configured_run_id(flag: Option<&str>) -> Option<(String, &'static str)> {
 /// A new run id: `run-<start in ms>-<8 random hex digits>`.
 pub fn generated_run_id(started_at: Timestamp) -> String {
     format!("run-{}-{:08x}", started_at.0, fastrand::u32(..))
-}
-
-/// The run id of an agent that does not take it from a Lease: configured (`flag`, then
-/// the CI variables; see [`configured_run_id`]), else generated.
-pub fn run_id(flag: Option<&str>, started_at: Timestamp) -> String {
-    configured_run_id(flag).map_or_else(|| generated_run_id(started_at), |(id, _)| id)
 }
 
 /// Checks a `--run-id` value: it becomes a resource attribute, a Lease annotation and part
@@ -680,7 +674,6 @@ mod tests {
             configured_run_id(Some(" e2e-42 ")),
             Some(("e2e-42".to_string(), "--run-id"))
         );
-        assert_eq!(run_id(Some("e2e-42"), Timestamp(7)), "e2e-42");
         assert!(generated_run_id(Timestamp(7)).starts_with("run-7-"));
         assert_ne!(
             generated_run_id(Timestamp(7)),
