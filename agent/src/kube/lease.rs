@@ -267,7 +267,7 @@ pub struct Candidate {
     identity: String,
     /// The name a created Lease gets.
     lease_name: String,
-    /// The run id this agent uses, written on a Lease that has none ([`RUN_ID_ANNOTATION`]).
+    /// The run id this agent took from the Lease at start ([`RUN_ID_ANNOTATION`]).
     run_id: Option<String>,
     /// The Lease as last read or written, and when (by our clock) it last changed.
     observed: Option<Observed>,
@@ -293,16 +293,22 @@ impl Candidate {
         }
     }
 
-    /// The candidate writing `run_id` on a Lease it creates or takes that has none, so the
-    /// Lease keeps naming the run even if someone deleted it mid-run.
+    /// The candidate whose run id, `run_id`, came from the Lease: written again on a Lease
+    /// it creates or takes that has none (someone deleted it mid-run), and checked against
+    /// the Lease's on every read.
     pub fn with_run_id(mut self, run_id: &str) -> Self {
         self.run_id = Some(run_id.to_string());
         self
     }
 
-    /// The run id this agent uses, when it has one.
+    /// The run id this agent took from the Lease, if it did.
     pub fn run_id(&self) -> Option<&str> {
         self.run_id.as_deref()
+    }
+
+    /// The run id on the Lease as last read or written.
+    fn lease_run_id(&self) -> Option<&str> {
+        self.observed.as_ref().and_then(|o| run_id_of(&o.lease))
     }
 
     /// This agent's identity (`holderIdentity` while it leads).
@@ -706,8 +712,8 @@ pub enum ElectionError {
 /// Sets up leader election for a run of `set`, when `args` ask for it and some invariant
 /// is cluster-scoped (otherwise there is nothing to elect and no Lease is ever read).
 /// Uses the Kubernetes clients the probes have, else connects with `kube`. `run_id` is
-/// the run id configured for this run; without one, the election settles the id every
-/// agent shares on the Lease first ([`agree_on_run_id`]; [`LeaderElection::run_id`]).
+/// the run id configured for this run; without one, the election first settles on the
+/// Lease the id every agent shares ([`agree_on_run_id`]; [`LeaderElection::run_id`]).
 /// No round runs before [`LeaderElection::start`].
 pub async fn for_run(
     args: &LeaderElectArgs,
@@ -737,14 +743,13 @@ pub async fn for_run(
     };
     let (store, namespace, name) = lease_store(args, &context)?;
     let lease = format!("{namespace}/{name}");
-    let run_id = match run_id {
-        Some(id) => id.to_string(),
-        None => {
-            let proposal = crate::report::generated_run_id(crate::sample::Timestamp::now());
-            shared_run_id(&store, &lease, &name, &proposal).await
-        }
-    };
-    let candidate = Candidate::new(&identity_from_env(), &name).with_run_id(&run_id);
+    let mut candidate = Candidate::new(&identity_from_env(), &name);
+    // A configured run id is this run's alone: it is not written on the Lease, where a
+    // later deployment without one would pick it up.
+    if run_id.is_none() {
+        let proposal = crate::report::generated_run_id(crate::sample::Timestamp::now());
+        candidate = candidate.with_run_id(&shared_run_id(&store, &lease, &name, &proposal).await);
+    }
     let election = LeaderElection::with_store(candidate, store, lease);
     tracing::info!(
         lease = %election.lease(),
@@ -817,8 +822,8 @@ impl LeaderElection {
         }
     }
 
-    /// The run id this agent uses: the configured one, else the one on the Lease that
-    /// every agent of the deployment shares (see [`for_run`]).
+    /// The run id every agent of the deployment shares, read from (or written on) the
+    /// Lease at start; `None` when the run id was configured (see [`for_run`]).
     pub fn run_id(&self) -> Option<&str> {
         self.run_id.as_deref()
     }
@@ -929,6 +934,8 @@ struct RoundLog {
     failing: bool,
     /// The last failure, for the step-down message.
     last_error: Option<String>,
+    /// Whether a run id on the Lease other than this agent's was logged.
+    other_run_id: bool,
 }
 
 impl RoundLog {
@@ -941,6 +948,17 @@ impl RoundLog {
         missed_deadline: bool,
     ) {
         let identity = candidate.identity();
+        if let (Some(mine), Some(theirs)) = (candidate.run_id(), candidate.lease_run_id())
+            && mine != theirs
+            && !std::mem::replace(&mut self.other_run_id, true)
+        {
+            tracing::warn!(
+                lease = %lease, run_id = %mine, lease_run_id = %theirs,
+                "the Lease names another run id than this agent's (it could not read the \
+                 Lease at start, or the Lease was replaced): its report and cluster-scoped \
+                 series do not join the other agents'; restart it, or give every agent --run-id"
+            );
+        }
         match round {
             Round::Failed(error) => {
                 if !self.failing {
