@@ -26,7 +26,7 @@ use crate::schedule::Event;
 /// Facts about the run that do not change while it runs.
 #[derive(Clone, Debug)]
 pub struct RunMeta {
-    /// Run id (see [`crate::report::run_id_from_env`]).
+    /// Run id (see [`crate::report::configured_run_id`]).
     pub id: String,
     /// When sampling started.
     pub started_at: Timestamp,

@@ -95,11 +95,15 @@ const API_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<Report, RunError> {
     let mut jobs = Vec::with_capacity(options.set.invariants.len());
     let probe_context = crate::probe::ProbeContext::new(&options.set, &options.kube).await?;
+    // The run id: configured, else (under leader election) the one on the Lease that
+    // every agent shares, else generated (report::configured_run_id has the rule).
+    let configured_run_id = report::configured_run_id(options.report.run_id.as_deref());
     let mut election = crate::kube::lease::for_run(
         &options.leader_elect,
         &options.set,
         probe_context.kube(),
         &options.kube,
+        configured_run_id.as_ref().map(|(id, _)| id.as_str()),
     )
     .await?;
     for (index, invariant) in options.set.invariants.iter().enumerate() {
@@ -125,9 +129,32 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let started_at = Timestamp::now();
     let context = report::RunContext::from_env(options.report.cluster.clone());
     let node = report::node_name_from_env();
+    let election_run_id = election.as_ref().and_then(|e| e.run_id());
+    let (run_id, run_id_from) = match (configured_run_id, election_run_id) {
+        (Some((id, from)), _) => (id, from),
+        (None, Some(id)) => (id.to_string(), "leader election"),
+        (None, None) => (
+            report::generated_run_id(started_at),
+            report::resume::GENERATED,
+        ),
+    };
     // Before anything writes to the report directory: an unfinished checkpoint of this
     // run there is resumed, so every report of this agent covers the whole run.
-    let (id, resumed) = resume_or_start(&options, &context, node.as_deref(), started_at)?;
+    let identity = report::resume::Identity {
+        run_id: &run_id,
+        run_id_from,
+        node: node.as_deref(),
+        context: &context,
+        invariants: &options.set.invariants,
+    };
+    let resumed = report::resume::prepare(
+        &options.report_dir,
+        &options.report.resume,
+        &identity,
+        started_at,
+    )?
+    .map(Arc::new);
+    let id = resumed.as_ref().map_or(run_id, |r| r.run_id().to_string());
     let meta = RunMeta {
         id,
         started_at,
@@ -137,6 +164,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let report_path = options.report_dir.join(REPORT_FILE);
     tracing::info!(
         run_id = %meta.id,
+        run_id_from,
         invariants = jobs.len(),
         report = %report_path.display(),
         "starting run"
@@ -159,7 +187,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         run_id: &meta.id,
         cluster: options.report.cluster.as_deref(),
     };
-    let exporters = crate::export::Exporters::start(
+    let mut exporters = crate::export::Exporters::start(
         &options.export,
         &options.set,
         &run_identity,
@@ -188,6 +216,7 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     }
     if let Some(election) = &mut election {
         engine.follow_leadership(election.lease(), election.identity(), election.leading());
+        exporters.follow_leadership(election.leading());
         election.start();
     }
     let engine_task = tokio::spawn(engine::run(engine, events_rx, commands_rx, snapshots_tx));
@@ -251,29 +280,6 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         resumed.as_deref(),
         report,
     )))
-}
-
-/// The run's id, and the run so far when an unfinished checkpoint in the report
-/// directory is this run's (see [`report::resume`]); a new run gets a new id.
-fn resume_or_start(
-    options: &RunOptions,
-    context: &report::RunContext,
-    node: Option<&str>,
-    now: Timestamp,
-) -> Result<(String, Option<Arc<report::resume::Resumed>>), RunError> {
-    let fresh_id = report::run_id_from_env(now);
-    let identity = report::resume::Identity {
-        run_id: &fresh_id,
-        node,
-        context,
-        invariants: &options.set.invariants,
-    };
-    let resumed =
-        report::resume::prepare(&options.report_dir, &options.report.resume, &identity, now)?;
-    Ok(match resumed {
-        Some(r) => (r.run_id().to_string(), Some(Arc::new(r))),
-        None => (fresh_id, None),
-    })
 }
 
 /// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like

@@ -3,15 +3,17 @@
 //! every agent, cluster-scoped ones in exactly one (the holder of the Lease), and another
 //! agent takes over when the leader is killed (after the Lease expires) or stopped
 //! (at once: the Lease is released). Without --leader-elect, or without cluster-scoped
-//! invariants, no Lease is ever created.
+//! invariants, no Lease is ever created. Through a real OpenTelemetry Collector, the new
+//! leader continues the cluster-scoped series under the same resource and run id.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::export_support::{free_port, http_get, wait_for_port};
+use crate::export_support::{Collector, OtlpSink, Received, free_port, http_get, wait_for_port};
 use crate::kube_support::{KubeApiserver, repo_path};
 use crate::support::*;
 
@@ -87,6 +89,17 @@ impl Agent {
         kubeconfig: &Path,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(name, invariants, kubeconfig, extra, &[]).await
+    }
+
+    /// [`Agent::start`] with more environment variables.
+    async fn start_with_env(
+        name: &'static str,
+        invariants: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let ws = Workspace::new();
         let config = ws.config(invariants);
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -100,12 +113,9 @@ impl Agent {
             &metrics_flag,
         ];
         args.extend_from_slice(extra);
-        let child = spawn_agent_with_env(
-            &ws,
-            &config,
-            &args,
-            &[("POD_NAME", name), ("POD_NAMESPACE", NAMESPACE)],
-        );
+        let mut vars = vec![("POD_NAME", name), ("POD_NAMESPACE", NAMESPACE)];
+        vars.extend_from_slice(env);
+        let child = spawn_agent_with_env(&ws, &config, &args, &vars);
         let pid = child.id().unwrap();
         wait_for_port(metrics, name, Duration::from_secs(30)).await;
         Agent {
@@ -137,16 +147,14 @@ impl Agent {
 
 /// The Lease's holder (empty when unheld), or `None` when there is no Lease.
 async fn holder(kube: &KubeApiserver) -> Option<String> {
+    lease_field(kube, "{.spec.holderIdentity}").await
+}
+
+/// A field of the Lease by JSONPath (empty when unset), or `None` when there is no Lease.
+async fn lease_field(kube: &KubeApiserver, path: &str) -> Option<String> {
+    let jsonpath = format!("jsonpath={path}");
     let out = kube
-        .kubectl_admin(&[
-            "get",
-            "lease",
-            LEASE,
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
+        .kubectl_admin(&["get", "lease", LEASE, "-n", NAMESPACE, "-o", &jsonpath])
         .await;
     if out.stderr.contains("NotFound") {
         return None;
@@ -399,4 +407,264 @@ async fn kube_leader_a_follower_that_never_led_reports_not_examined_with_the_rea
     assert!(stderr.contains("another agent leads"), "{stderr}");
     let junit = std::fs::read_to_string(follower.ws.report_dir().join("report.junit.xml")).unwrap();
     assert!(junit.contains("never held it"), "{junit}");
+}
+
+/// Resource attributes that name one agent: absent from the cluster-scoped series.
+const PER_AGENT: [&str; 3] = ["service.instance.id", "k8s.pod.name", "k8s.node.name"];
+
+/// The received points of `name` for `invariant` (and `outcome`, if given).
+fn points_of<'a>(
+    points: &'a [Received],
+    name: &str,
+    invariant: &str,
+    outcome: Option<&str>,
+) -> Vec<&'a Received> {
+    let mut found: Vec<&Received> = points
+        .iter()
+        .filter(|p| {
+            p.name == name
+                && p.attrs.get("invariant").map(String::as_str) == Some(invariant)
+                && outcome.is_none_or(|o| p.attrs.get("outcome").map(String::as_str) == Some(o))
+        })
+        .collect();
+    found.sort_by_key(|p| (p.time, p.request));
+    found
+}
+
+/// Polls the sink until `done` holds for what it received.
+async fn wait_for_points(
+    sink: &OtlpSink,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&[Received]) -> bool,
+) {
+    let deadline = now_ms() + within.as_millis() as i64;
+    loop {
+        if done(&sink.points()) {
+            return;
+        }
+        assert!(now_ms() < deadline, "{what}: not seen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The label sets (without values) of the `invariant="cluster-readyz"` samples in a
+/// Prometheus text exposition, and its `target_info` line.
+fn cluster_series_labels(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| l.contains("invariant=\"cluster-readyz\""))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_string()))
+        .collect()
+}
+
+fn target_label(text: &str, label: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("target_info{"))?;
+    let start = line.find(&format!("{label}=\""))? + label.len() + 2;
+    let end = start + line[start..].find('"')?;
+    Some(line[start..end].to_string())
+}
+
+/// Two agents export over OTLP through the official OpenTelemetry Collector. The leader
+/// exports the cluster-scoped invariant's series under the cluster resource (no pod,
+/// node or instance), the node-scoped ones under its own; SIGKILL it and the new leader
+/// continues the cluster-scoped series under the identical resource and run id (the one
+/// on the Lease, in both reports), as a new cumulative stream (a new start time, counted
+/// from its takeover, its final export equal to its report). On /metrics the two leaders'
+/// cluster-scoped series carry identical labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_leader_the_new_leader_continues_the_cluster_scoped_series() {
+    let (kube, kubeconfig) = cluster_with_agent_rbac().await;
+    let sink = OtlpSink::start().await;
+    let collector = Collector::otelcol(sink.addr).await;
+    let endpoint = collector.endpoint();
+    let both = format!("{CLUSTER_INVARIANT}{NODE_INVARIANT}");
+    let flags = [
+        "--leader-elect",
+        "--otlp-endpoint",
+        &endpoint,
+        "--export-interval",
+        "1s",
+        "--resource-attribute",
+        "deployment.environment=e2e",
+    ];
+    let mut a = Agent::start_with_env(
+        "agent-a",
+        &both,
+        &kubeconfig,
+        &flags,
+        &[("NODE_NAME", "node-a")],
+    )
+    .await;
+    wait_for_holder(&kube, "agent-a", Duration::from_secs(10)).await;
+    let mut b = Agent::start_with_env(
+        "agent-b",
+        &both,
+        &kubeconfig,
+        &flags,
+        &[("NODE_NAME", "node-b")],
+    )
+    .await;
+
+    // a's cluster-scoped series and both agents' node-scoped ones arrive.
+    wait_for_points(
+        &sink,
+        "a's cluster series, b's node series",
+        Duration::from_secs(30),
+        |p| {
+            points_of(p, "invariant.samples", "cluster-readyz", Some("ok"))
+                .last()
+                .is_some_and(|p| p.data.number() >= 4.0)
+                && points_of(p, "invariant.samples", "node-livez", Some("ok"))
+                    .iter()
+                    .any(|p| p.resource.get("k8s.pod.name").map(String::as_str) == Some("agent-b"))
+        },
+    )
+    .await;
+    let on_a = a.metrics().await;
+
+    let killed = now_ms();
+    signal(a.pid, "KILL");
+    let b_leads = wait_for_holder(&kube, "agent-b", Duration::from_secs(30)).await;
+    let killed_ns = (killed as u64) * 1_000_000;
+    wait_for_points(&sink, "b's cluster series", Duration::from_secs(30), |p| {
+        points_of(p, "invariant.samples", "cluster-readyz", Some("ok"))
+            .iter()
+            .any(|p| p.start > killed_ns && p.data.number() >= 4.0)
+    })
+    .await;
+    let on_b = b.metrics().await;
+    let lease_run_id = lease_field(&kube, "{.metadata.annotations.invariant-agent/run-id}")
+        .await
+        .expect("the Lease exists");
+    signal(b.pid, "TERM");
+    let (b_report, b_stderr) = b.finish().await;
+    let a_report = a.ws.report();
+    drop(a.child.take());
+
+    // One run id, from the Lease, in both reports.
+    let run_id = b_report["run"]["id"].as_str().unwrap().to_string();
+    assert!(run_id.starts_with("run-"), "{run_id}");
+    assert_eq!(lease_run_id, run_id, "{b_stderr}");
+    assert_eq!(a_report["run"]["id"], run_id);
+
+    let points = sink.points();
+    let context = format!("killed={killed} b_leads={b_leads}\n{b_stderr}");
+
+    // The cluster-scoped series: every point (all metrics) under one resource without
+    // per-agent attributes, with the shared run id and the configured attribute.
+    let cluster: Vec<&Received> = points
+        .iter()
+        .filter(|p| p.attrs.get("invariant").map(String::as_str) == Some("cluster-readyz"))
+        .collect();
+    let resources: BTreeSet<&BTreeMap<String, String>> =
+        cluster.iter().map(|p| &p.resource).collect();
+    assert_eq!(resources.len(), 1, "{resources:#?}\n{context}");
+    let resource = *resources.iter().next().unwrap();
+    for key in PER_AGENT {
+        assert!(!resource.contains_key(key), "{key} in {resource:?}");
+    }
+    for (key, value) in [
+        ("invariant.run.id", run_id.as_str()),
+        ("service.name", "invariant-agent"),
+        ("deployment.environment", "e2e"),
+        ("k8s.namespace.name", NAMESPACE),
+    ] {
+        assert_eq!(
+            resource.get(key).map(String::as_str),
+            Some(value),
+            "{resource:?}"
+        );
+    }
+    let names: BTreeSet<&str> = cluster.iter().map(|p| p.name.as_str()).collect();
+    for name in [
+        "invariant.samples",
+        "invariant.state",
+        "invariant.probe.duration",
+    ] {
+        assert!(names.contains(name), "{names:?}");
+    }
+
+    // Both leaders' data points, each leader's a cumulative stream of its own: a's started
+    // before the kill and ended with it, b's started after it; counters never decrease
+    // within a stream; b's final export is its report's count.
+    let ok = points_of(&points, "invariant.samples", "cluster-readyz", Some("ok"));
+    let mut streams: BTreeMap<u64, Vec<(u64, f64)>> = BTreeMap::new();
+    for p in &ok {
+        streams
+            .entry(p.start)
+            .or_default()
+            .push((p.time, p.data.number()));
+    }
+    assert_eq!(streams.len(), 2, "{streams:?}\n{context}");
+    let (a_stream, b_stream) = (
+        &streams.values().next().unwrap(),
+        streams.values().last().unwrap(),
+    );
+    let b_start = *streams.keys().last().unwrap();
+    assert!(
+        a_stream.iter().all(|(t, _)| *t <= killed_ns),
+        "{a_stream:?} {context}"
+    );
+    assert!(b_start > killed_ns, "{context}");
+    for stream in [a_stream, b_stream] {
+        assert!(stream.windows(2).all(|w| w[0].1 <= w[1].1), "{stream:?}");
+    }
+    assert!(a_stream.last().unwrap().1 >= 4.0, "{a_stream:?}");
+    assert!(
+        b_stream[0].1 <= 6.0 && b_stream[0].1 < a_stream.last().unwrap().1,
+        "b counts from its takeover, not from a's total: {b_stream:?}"
+    );
+    assert_eq!(
+        b_stream.last().unwrap().1,
+        ok_samples(&b_report, "cluster-readyz") as f64,
+        "{context}"
+    );
+
+    // The node-scoped series stay per agent: one resource per agent, same run id.
+    let node = points_of(&points, "invariant.samples", "node-livez", Some("ok"));
+    let pods: BTreeSet<(Option<&String>, Option<&String>, Option<&String>)> = node
+        .iter()
+        .map(|p| {
+            assert_eq!(p.resource.get("invariant.run.id"), Some(&run_id));
+            (
+                p.resource.get("k8s.pod.name"),
+                p.resource.get("k8s.node.name"),
+                p.resource.get("service.instance.id"),
+            )
+        })
+        .collect();
+    let pod = |s: &str| Some(s.to_string());
+    assert_eq!(
+        pods,
+        BTreeSet::from([
+            (
+                pod("agent-a").as_ref(),
+                pod("node-a").as_ref(),
+                pod("agent-a").as_ref()
+            ),
+            (
+                pod("agent-b").as_ref(),
+                pod("node-b").as_ref(),
+                pod("agent-b").as_ref()
+            ),
+        ])
+    );
+    assert!(
+        points
+            .iter()
+            .filter(|p| p.name == "invariant.agent.leader")
+            .all(|p| p.resource.contains_key("k8s.pod.name")),
+        "who leads is per agent"
+    );
+
+    // /metrics: the cluster-scoped series of both leaders carry the same labels (the
+    // scrape adds the target's), and both agents name the same run.
+    let (labels_a, labels_b) = (cluster_series_labels(&on_a), cluster_series_labels(&on_b));
+    assert!(!labels_a.is_empty(), "{on_a}");
+    assert_eq!(labels_a, labels_b, "{on_a}\n{on_b}");
+    assert_eq!(
+        target_label(&on_a, "invariant_run_id"),
+        Some(run_id.clone())
+    );
+    assert_eq!(target_label(&on_b, "invariant_run_id"), Some(run_id));
 }

@@ -182,6 +182,7 @@ pub fn spawn_agent_with_env(
     for var in [
         "BUILD_ID",
         "PROW_JOB_ID",
+        "INVARIANT_AGENT_RUN_ID",
         "JOB_NAME",
         "CLUSTER_NAME",
         "NODE_NAME",

@@ -88,8 +88,12 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 pub struct ExportConfig {
     /// OTLP/gRPC push; `None` when no endpoint is configured (export off).
     pub otlp: Option<OtlpConfig>,
-    /// Resource attributes, in a stable order, keys unique.
+    /// Resource attributes of this agent's series, in a stable order, keys unique.
     pub resource: Vec<(String, String)>,
+    /// Resource attributes of the cluster-scoped series under leader election: `resource`
+    /// without the attributes that name one agent ([`PER_AGENT_ATTRIBUTES`]), so whichever
+    /// agent leads exports them under the same resource.
+    pub cluster_resource: Vec<(String, String)>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` when off.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -150,6 +154,7 @@ impl ExportConfig {
         }
         Ok(ExportConfig {
             otlp,
+            cluster_resource: cluster_resource(&resource),
             resource,
             metrics_listen: args.metrics_listen,
         })
@@ -481,6 +486,36 @@ fn resolve_resource(
 /// `service.instance.id`: the pod name, else the host name, unless configured.
 pub const INSTANCE_ID_ATTRIBUTE: &str = "service.instance.id";
 
+/// Resource attributes that tell one agent (one pod, node, host or process) from another
+/// (OpenTelemetry semantic conventions). The cluster-scoped series leave them out: they
+/// describe the cluster, whichever agent leads, and a backend keys a series on its whole
+/// resource, so keeping them would start a new series at every failover.
+pub const PER_AGENT_ATTRIBUTES: [&str; 11] = [
+    INSTANCE_ID_ATTRIBUTE,
+    "k8s.pod.name",
+    "k8s.pod.uid",
+    "k8s.pod.ip",
+    "k8s.node.name",
+    "k8s.node.uid",
+    "host.name",
+    "host.id",
+    "host.ip",
+    "process.pid",
+    "container.id",
+];
+
+/// The resource of the cluster-scoped series: `agent` without [`PER_AGENT_ATTRIBUTES`].
+/// Everything else stays (`service.name`, `k8s.cluster.name`, `k8s.namespace.name`,
+/// `invariant.run.id`, configured attributes), so the two resources differ exactly by
+/// which agent produced the data.
+pub fn cluster_resource(agent: &[(String, String)]) -> Vec<(String, String)> {
+    agent
+        .iter()
+        .filter(|(key, _)| !PER_AGENT_ATTRIBUTES.contains(&key.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Consulted for `service.instance.id` before the kernel's host name (a seam for tests).
 const HOSTNAME_VAR: &str = "HOSTNAME";
 
@@ -731,6 +766,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(get(&c.resource, INSTANCE_ID_ATTRIBUTE), Some("mine"));
+    }
+
+    /// The cluster resource is the agent's without what names the agent: two agents of one
+    /// deployment (different pod, node and host) get the same cluster resource.
+    #[test]
+    fn the_cluster_resource_drops_exactly_the_per_agent_attributes() {
+        let agent = |pod: &str, node: &str| {
+            let args = ExportArgs {
+                pod_name: Some(pod.into()),
+                node_name: Some(node.into()),
+                pod_namespace: Some("invariant-agent".into()),
+                resource_attributes: vec![
+                    "deployment.environment=ci".into(),
+                    format!("host.name={node}"),
+                    format!("k8s.pod.uid={pod}-uid"),
+                ],
+                ..Default::default()
+            };
+            resolve_in(&args, &[("HOSTNAME", pod)], Some("kind")).unwrap()
+        };
+        let (a, b) = (agent("agent-a", "node-a"), agent("agent-b", "node-b"));
+        assert_ne!(a.resource, b.resource);
+        assert_eq!(a.cluster_resource, b.cluster_resource);
+        let keys: Vec<&str> = a.cluster_resource.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "service.name",
+                "service.version",
+                "deployment.environment",
+                "k8s.cluster.name",
+                "k8s.namespace.name",
+                RUN_ID_ATTRIBUTE,
+            ]
+        );
+        assert_eq!(get(&a.cluster_resource, RUN_ID_ATTRIBUTE), Some("run-1"));
+        // Everything dropped is per agent; everything kept is in the agent's resource.
+        for (key, value) in &a.resource {
+            let kept = get(&a.cluster_resource, key);
+            assert_eq!(
+                kept.is_none(),
+                PER_AGENT_ATTRIBUTES.contains(&key.as_str()),
+                "{key}"
+            );
+            assert!(kept.is_none_or(|v| v == value), "{key}");
+        }
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! engine; the probe duration histogram is recorded per sample by a
 //! [`crate::engine::SampleObserver`] that only does atomic adds and an SDK record. The
 //! series are defined once in [`series`]; attributes come only from the invariant file.
-//! [`config`] merges flags with the OpenTelemetry environment variables.
+//! [`config`] merges flags with the OpenTelemetry environment variables. Under leader
+//! election the cluster-scoped series go over OTLP under a resource of their own, by
+//! whichever agent leads ([`cluster`]); on `/metrics` only the leader shows them.
 //!
 //! [`Exporters`] is what `run` starts after the engine exists and stops on the staged
 //! shutdown, with a deadline.
 
+pub mod cluster;
 pub mod config;
 pub mod otlp;
 pub mod prometheus;
@@ -21,8 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::cluster::ClusterStream;
 pub use self::config::RunIdentity;
 use self::config::{ConfigErrors, ExportConfig, ProcessEnv};
 use self::otlp::{DurationRecorder, OtlpExporter};
@@ -134,6 +139,9 @@ pub enum ExportError {
 /// The exporters of one run.
 pub struct Exporters {
     otlp: Option<OtlpExporter>,
+    /// The cluster-scoped series' stream under leader election (OTLP only).
+    cluster: Option<ClusterStream>,
+    snapshots: Snapshots,
     recorder: Recorder,
     readiness: Readiness,
     server: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
@@ -176,6 +184,7 @@ impl Exporters {
                 let (exporter, recorder) = OtlpExporter::start(
                     otlp_config,
                     otlp::resource(&config.resource),
+                    otlp::resource(&config.cluster_resource),
                     &identities,
                     snapshots.clone(),
                 )?;
@@ -204,7 +213,7 @@ impl Exporters {
                 let durations = Arc::new(DurationHistograms::new(identities.len()));
                 let exposition = Arc::new(Exposition::new(
                     &identities,
-                    snapshots,
+                    snapshots.clone(),
                     durations.clone(),
                     &config.resource,
                 ));
@@ -221,6 +230,8 @@ impl Exporters {
 
         Ok(Exporters {
             otlp,
+            cluster: None,
+            snapshots,
             recorder: Recorder {
                 otlp: otlp_recorder,
                 durations,
@@ -238,6 +249,21 @@ impl Exporters {
         (r.otlp.is_some() || r.durations.is_some()).then(|| Box::new(r.clone()) as _)
     }
 
+    /// Leader election is on and `leading` says whether this agent leads: from now on
+    /// the cluster-scoped series go over OTLP under the cluster resource, exported only
+    /// while this agent leads (see [`cluster`]). Call before the election starts.
+    pub fn follow_leadership(&mut self, leading: watch::Receiver<bool>) {
+        if let Some(otlp) = &self.otlp
+            && self.cluster.is_none()
+        {
+            self.cluster = Some(ClusterStream::follow(
+                otlp.cluster_pipelines(),
+                leading,
+                self.snapshots.clone(),
+            ));
+        }
+    }
+
     /// Sets what `/readyz` answers: ready once probes are scheduled, not ready again once
     /// the run is stopping.
     pub fn set_ready(&self, ready: bool) {
@@ -252,9 +278,18 @@ impl Exporters {
     /// Flushes the final values to the collector (giving up after `deadline`) and stops
     /// the metrics server. Call once the engine has published its final snapshot.
     pub async fn shutdown(self, deadline: Duration) {
-        if let Some(otlp) = self.otlp {
-            otlp.shutdown(deadline).await;
-        }
+        tokio::join!(
+            async {
+                if let Some(otlp) = self.otlp {
+                    otlp.shutdown(deadline).await;
+                }
+            },
+            async {
+                if let Some(cluster) = self.cluster {
+                    cluster.shutdown(deadline).await;
+                }
+            },
+        );
         if let Some((task, stop)) = self.server {
             stop.cancel();
             let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
@@ -276,6 +311,42 @@ impl SampleObserver for Recorder {
         }
         if let Some(durations) = &self.durations {
             durations.record(invariant, sample.outcome(), sample.latency.as_secs_f64());
+        }
+    }
+}
+
+/// Fixtures shared by the export modules' tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::time::Duration;
+
+    use crate::config::InvariantSet;
+    use crate::engine::{Engine, RunMeta};
+    use crate::sample::{Observation, Sample, Timestamp};
+
+    /// The invariants of `yaml` and an engine for them under leader election, not leading.
+    pub fn engine_under_election(yaml: &str) -> (InvariantSet, Engine) {
+        let set = crate::config::parse_str("t.yaml", yaml).unwrap();
+        let mut engine = Engine::new(
+            &set,
+            RunMeta {
+                id: "r".into(),
+                started_at: Timestamp(0),
+                config_files: vec![],
+                node: None,
+            },
+        );
+        let (_unused, leading) = tokio::sync::watch::channel(false);
+        engine.follow_leadership("ns/l", "me", leading);
+        (set, engine)
+    }
+
+    /// A good sample started at `at` (ms), 3 ms long.
+    pub fn ok_sample(at: i64) -> Sample {
+        Sample {
+            at: Timestamp(at),
+            latency: Duration::from_millis(3),
+            observation: Observation::Ok { value: None },
         }
     }
 }

@@ -148,7 +148,8 @@ pub const METRICS: [MetricInfo; 8] = [
 /// always, except that under leader election a cluster-scoped invariant's series come
 /// only from the agent that leads. A former leader's values stay frozen once it stops
 /// sampling; exported beside the new leader's, they would contradict them (a `violated`
-/// state that never ends), so they disappear as the new leader's appear.
+/// state that never ends), so they disappear as the new leader's appear. (Over OTLP the
+/// leader exports them in a stream of their own, see [`super::cluster`].)
 pub fn exported(report: &Report, entry: &InvariantReport) -> bool {
     entry.scope != crate::config::spec::Scope::Cluster.as_str()
         || report.run.leadership.as_ref().is_none_or(|l| l.leading())
@@ -207,6 +208,8 @@ pub fn state_value(state: State) -> i64 {
 pub struct Identity {
     /// The invariant's name.
     pub name: String,
+    /// Whether the invariant is cluster-scoped (`scope: cluster`).
+    pub cluster_scoped: bool,
     /// `(key, value)` pairs: `invariant`, `owner`, then the labels in key order.
     pub attributes: Vec<(String, String)>,
 }
@@ -222,6 +225,7 @@ pub fn identities(set: &InvariantSet) -> Vec<Identity> {
             attributes.extend(i.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             Identity {
                 name: i.name.clone(),
+                cluster_scoped: i.scope == crate::config::spec::Scope::Cluster,
                 attributes,
             }
         })
@@ -267,6 +271,40 @@ impl Point {
                 .map(|p| (p / 100.0).clamp(0.0, 1.0)),
         }
     }
+}
+
+impl Point {
+    /// The point's counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            samples: self.samples,
+            violations: self.violations,
+            disruption_seconds: self.disruption_seconds,
+        }
+    }
+
+    /// The point with its counters counted from `base` (never below zero); gauges as
+    /// they are.
+    pub fn since(&self, base: &Counters) -> Point {
+        Point {
+            samples: std::array::from_fn(|k| self.samples[k].saturating_sub(base.samples[k])),
+            violations: self.violations.saturating_sub(base.violations),
+            disruption_seconds: (self.disruption_seconds - base.disruption_seconds).max(0.0),
+            ..*self
+        }
+    }
+}
+
+/// The counter values of one invariant at one moment: where a leadership term of the
+/// cluster stream starts counting from (see [`super::cluster`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// `invariant.samples` by [`SAMPLE_OUTCOMES`].
+    pub samples: [u64; 4],
+    /// `invariant.violations`.
+    pub violations: u64,
+    /// `invariant.disruption`, seconds.
+    pub disruption_seconds: f64,
 }
 
 /// High-water marks that keep float counters monotonic even if a recomputed total ever
@@ -420,6 +458,33 @@ mod tests {
         assert_eq!(ok.buckets[2], (0.005, 2));
         assert_eq!(ok.buckets.last(), Some(&(f64::INFINITY, 1)));
         assert_eq!(h.read(1, 1).unwrap().buckets[0], (0.001, 1));
+    }
+
+    #[test]
+    fn a_point_since_a_baseline_counts_from_it_and_never_below_zero() {
+        let point = Point {
+            samples: [10, 2, 0, 1],
+            value: Some(4.0),
+            state: 3,
+            violations: 2,
+            disruption_seconds: 7.5,
+            availability: Some(0.5),
+        };
+        let base = Counters {
+            samples: [4, 2, 1, 0],
+            violations: 1,
+            disruption_seconds: 8.0,
+        };
+        let since = point.since(&base);
+        assert_eq!(since.samples, [6, 0, 0, 1]);
+        assert_eq!(since.violations, 1);
+        assert_eq!(since.disruption_seconds, 0.0);
+        assert_eq!(
+            (since.value, since.state, since.availability),
+            (Some(4.0), 3, Some(0.5))
+        );
+        assert_eq!(point.since(&Counters::default()), point);
+        assert_eq!(point.since(&point.counters()).samples, [0; 4]);
     }
 
     #[test]

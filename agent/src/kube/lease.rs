@@ -30,6 +30,10 @@
 //!   next agent takes over at its next round, within about [`RETRY_PERIOD`], instead of
 //!   after the lease duration.
 //!
+//! The Lease also carries the run id the agents share when none is configured
+//! ([`RUN_ID_ANNOTATION`], see [`agree_on_run_id`]), so the cluster-scoped series that
+//! successive leaders export, and every agent's report, name the same run.
+//!
 //! The outcome is a `watch` channel of "this agent leads" ([`LeaderElection::leading`]):
 //! the scheduler runs cluster-scoped invariants only while it is true and the engine
 //! records when this agent led. The election's logic ([`Candidate`]) is given the time
@@ -66,6 +70,17 @@ pub const RELEASED_LEASE_DURATION: Duration = Duration::from_secs(1);
 
 /// How long releasing the Lease may take on shutdown (inside the 2 s shutdown budget).
 pub const RELEASE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long an agent tries at start to read (or write) the run id on the Lease before it
+/// gives up and uses an id of its own (an API server down at start must not keep the
+/// agent from observing).
+pub const RUN_ID_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Annotation on the Lease carrying the run id every agent of the deployment uses when
+/// none is configured (`--run-id`, `$PROW_JOB_ID`, `$BUILD_ID`). Written once, by the
+/// agent that creates the Lease (or finds it without one); never replaced, so agents that
+/// start later join the same run. Delete the Lease to start a new one.
+pub const RUN_ID_ANNOTATION: &str = "invariant-agent/run-id";
 
 /// The Lease's name unless `--leader-elect-lease` says otherwise (manifests/rbac.yaml
 /// grants access to this name only).
@@ -252,6 +267,8 @@ pub struct Candidate {
     identity: String,
     /// The name a created Lease gets.
     lease_name: String,
+    /// The run id this agent took from the Lease at start ([`RUN_ID_ANNOTATION`]).
+    run_id: Option<String>,
     /// The Lease as last read or written, and when (by our clock) it last changed.
     observed: Option<Observed>,
     /// When this agent last wrote the Lease as its holder; `Some` exactly while it leads.
@@ -270,9 +287,28 @@ impl Candidate {
         Candidate {
             identity: identity.to_string(),
             lease_name: lease_name.to_string(),
+            run_id: None,
             observed: None,
             renewed_at: None,
         }
+    }
+
+    /// The candidate whose run id, `run_id`, came from the Lease: written again on a Lease
+    /// it creates or takes that has none (someone deleted it mid-run), and checked against
+    /// the Lease's on every read.
+    pub fn with_run_id(mut self, run_id: &str) -> Self {
+        self.run_id = Some(run_id.to_string());
+        self
+    }
+
+    /// The run id this agent took from the Lease, if it did.
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// The run id on the Lease as last read or written.
+    fn lease_run_id(&self) -> Option<&str> {
+        self.observed.as_ref().and_then(|o| run_id_of(&o.lease))
     }
 
     /// This agent's identity (`holderIdentity` while it leads).
@@ -436,14 +472,7 @@ impl Candidate {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let Some(current) = current else {
             return Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.lease_name.clone()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/name".to_string(),
-                        "invariant-agent".to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
+                metadata: new_metadata(&self.lease_name, self.run_id.as_deref()),
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -458,7 +487,7 @@ impl Candidate {
         let ours = old.holder_identity.as_deref() == Some(self.identity.as_str());
         let transitions = old.lease_transitions.unwrap_or(0);
         Lease {
-            metadata: current.metadata.clone(),
+            metadata: with_run_id(current.metadata.clone(), self.run_id.as_deref()),
             spec: Some(LeaseSpec {
                 holder_identity: Some(self.identity.clone()),
                 lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -492,6 +521,135 @@ fn released(lease: &Lease) -> Lease {
             renew_time: Some(now),
             ..old
         }),
+    }
+}
+
+/// The metadata of a Lease this agent creates: its name, the app label and the run id.
+fn new_metadata(name: &str, run_id: Option<&str>) -> ObjectMeta {
+    with_run_id(
+        ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "invariant-agent".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        run_id,
+    )
+}
+
+/// `metadata` with [`RUN_ID_ANNOTATION`] set to `run_id` if it has none; an existing one
+/// is kept (agents that started earlier use it).
+fn with_run_id(mut metadata: ObjectMeta, run_id: Option<&str>) -> ObjectMeta {
+    if let Some(run_id) = run_id {
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .entry(RUN_ID_ANNOTATION.to_string())
+            .or_insert_with(|| run_id.to_string());
+    }
+    metadata
+}
+
+/// The run id on `lease`, if it carries a non-empty one.
+pub fn run_id_of(lease: &Lease) -> Option<&str> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(RUN_ID_ANNOTATION)
+        .map(|id| id.trim())
+        .filter(|id| !id.is_empty())
+}
+
+/// The run id the agents of this deployment share when none is configured: the one on the
+/// Lease ([`RUN_ID_ANNOTATION`]). An agent that finds no Lease creates it unheld (any agent
+/// takes it at its next round, as a released one) carrying `proposal`; one that finds a
+/// Lease without the annotation (written by an older agent) adds `proposal`. Every write
+/// carries the `resourceVersion` it read, so of racing agents exactly one writes and the
+/// others read its id on the next attempt.
+pub async fn agree_on_run_id<S: LeaseStore>(
+    store: &S,
+    lease_name: &str,
+    proposal: &str,
+) -> Result<String, StoreError> {
+    // Each conflict means someone else wrote first; the next read sees what they wrote.
+    for _ in 0..3 {
+        let written = match store.get(true).await? {
+            Some(lease) => {
+                if let Some(id) = run_id_of(&lease) {
+                    return Ok(id.to_string());
+                }
+                let annotated = Lease {
+                    metadata: with_run_id(lease.metadata.clone(), Some(proposal)),
+                    ..lease
+                };
+                store.replace(annotated).await
+            }
+            None => {
+                let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+                let unheld = Lease {
+                    metadata: new_metadata(lease_name, Some(proposal)),
+                    spec: Some(LeaseSpec {
+                        holder_identity: None,
+                        lease_duration_seconds: Some(RELEASED_LEASE_DURATION.as_secs() as i32),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_transitions: Some(0),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                store.create(unheld).await
+            }
+        };
+        match written {
+            Ok(_) => return Ok(proposal.to_string()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+/// [`agree_on_run_id`], retried every [`RETRY_PERIOD`] for up to [`RUN_ID_DEADLINE`];
+/// when the API server does not answer by then, this agent uses `proposal` alone (logged:
+/// its reports and cluster-scoped series then carry a run id the other agents do not).
+async fn shared_run_id<S: LeaseStore>(
+    store: &S,
+    lease: &str,
+    name: &str,
+    proposal: &str,
+) -> String {
+    let deadline = Instant::now() + RUN_ID_DEADLINE;
+    loop {
+        let attempt = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            agree_on_run_id(store, name, proposal),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(run_id)) => {
+                tracing::info!(
+                    lease = %lease, run_id = %run_id,
+                    "run id from the Lease: every agent of this deployment reports under it"
+                );
+                return run_id;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer from the API server".to_string(),
+        };
+        if Instant::now() + RETRY_PERIOD >= deadline {
+            tracing::warn!(
+                lease = %lease, error = %error, run_id = %proposal,
+                "could not read the shared run id from the Lease within {}; this agent uses \
+                 its own, so its report and cluster-scoped series will not join the other \
+                 agents' (set --run-id on every agent to avoid this)",
+                humantime::format_duration(RUN_ID_DEADLINE)
+            );
+            return proposal.to_string();
+        }
+        tokio::time::sleep(RETRY_PERIOD).await;
     }
 }
 
@@ -553,13 +711,16 @@ pub enum ElectionError {
 
 /// Sets up leader election for a run of `set`, when `args` ask for it and some invariant
 /// is cluster-scoped (otherwise there is nothing to elect and no Lease is ever read).
-/// Uses the Kubernetes clients the probes have, else connects with `kube`. Nothing is
-/// sent before [`LeaderElection::start`].
+/// Uses the Kubernetes clients the probes have, else connects with `kube`. `run_id` is
+/// the run id configured for this run; without one, the election first settles on the
+/// Lease the id every agent shares ([`agree_on_run_id`]; [`LeaderElection::run_id`]).
+/// No round runs before [`LeaderElection::start`].
 pub async fn for_run(
     args: &LeaderElectArgs,
     set: &crate::config::InvariantSet,
     probes: Option<&KubeContext>,
     kube: &super::KubeArgs,
+    run_id: Option<&str>,
 ) -> Result<Option<LeaderElection>, ElectionError> {
     if !args.leader_elect {
         return Ok(None);
@@ -580,7 +741,16 @@ pub async fn for_run(
         Some(context) => context.clone(),
         None => KubeContext::connect(kube).await?,
     };
-    let election = LeaderElection::new(args, &context)?;
+    let (store, namespace, name) = lease_store(args, &context)?;
+    let lease = format!("{namespace}/{name}");
+    let mut candidate = Candidate::new(&identity_from_env(), &name);
+    // A configured run id is this run's alone: it is not written on the Lease, where a
+    // later deployment without one would pick it up.
+    if run_id.is_none() {
+        let proposal = crate::report::generated_run_id(crate::sample::Timestamp::now());
+        candidate = candidate.with_run_id(&shared_run_id(&store, &lease, &name, &proposal).await);
+    }
+    let election = LeaderElection::with_store(candidate, store, lease);
     tracing::info!(
         lease = %election.lease(),
         identity = %election.identity(),
@@ -588,6 +758,31 @@ pub async fn for_run(
         "leader election on: cluster-scoped invariants run only in the agent holding the Lease"
     );
     Ok(Some(election))
+}
+
+/// Checks the settings and opens the Lease with the clients of `kube`; also returns its
+/// namespace and name.
+fn lease_store(
+    args: &LeaderElectArgs,
+    kube: &KubeContext,
+) -> Result<(KubeLeaseStore, String, String), SettingsError> {
+    let client = kube.client(ConnectionMode::Reused);
+    let namespace = args
+        .leader_elect_namespace
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(client.default_namespace())
+        .to_string();
+    if !is_dns_label(&namespace) {
+        return Err(SettingsError::Namespace(namespace));
+    }
+    let name = args.leader_elect_lease.trim().to_string();
+    if !is_dns_subdomain(&name) {
+        return Err(SettingsError::Lease(name));
+    }
+    let store = KubeLeaseStore::new(client, &namespace, &name, kube.server());
+    Ok((store, namespace, name))
 }
 
 /// An election: once started, a task that runs a round every [`RETRY_PERIOD`] and
@@ -601,35 +796,10 @@ pub struct LeaderElection {
     task: Option<tokio::task::JoinHandle<()>>,
     lease: String,
     identity: String,
+    run_id: Option<String>,
 }
 
 impl LeaderElection {
-    /// Checks the settings and prepares the election with the clients of `kube`.
-    pub fn new(args: &LeaderElectArgs, kube: &KubeContext) -> Result<Self, SettingsError> {
-        let client = kube.client(ConnectionMode::Reused);
-        let namespace = args
-            .leader_elect_namespace
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(client.default_namespace())
-            .to_string();
-        if !is_dns_label(&namespace) {
-            return Err(SettingsError::Namespace(namespace));
-        }
-        let name = args.leader_elect_lease.trim().to_string();
-        if !is_dns_subdomain(&name) {
-            return Err(SettingsError::Lease(name));
-        }
-        let store = KubeLeaseStore::new(client, &namespace, &name, kube.server());
-        let candidate = Candidate::new(&identity_from_env(), &name);
-        Ok(Self::with_store(
-            candidate,
-            store,
-            format!("{namespace}/{name}"),
-        ))
-    }
-
     /// The election of `candidate` on `store`; `lease` names it in logs and reports.
     pub fn with_store<S: LeaseStore + Send + Sync + 'static>(
         candidate: Candidate,
@@ -639,6 +809,7 @@ impl LeaderElection {
         let (tx, leading) = watch::channel(false);
         let stop = CancellationToken::new();
         let identity = candidate.identity().to_string();
+        let run_id = candidate.run_id().map(str::to_string);
         let pending = Box::pin(elect(candidate, store, lease.clone(), tx, stop.clone()));
         LeaderElection {
             leading,
@@ -647,7 +818,14 @@ impl LeaderElection {
             task: None,
             lease,
             identity,
+            run_id,
         }
+    }
+
+    /// The run id every agent of the deployment shares, read from (or written on) the
+    /// Lease at start; `None` when the run id was configured (see [`for_run`]).
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
     }
 
     /// Starts the rounds; the first runs at once, so an agent alone (or the first) leads
@@ -756,6 +934,8 @@ struct RoundLog {
     failing: bool,
     /// The last failure, for the step-down message.
     last_error: Option<String>,
+    /// Whether a run id on the Lease other than this agent's was logged.
+    other_run_id: bool,
 }
 
 impl RoundLog {
@@ -768,6 +948,17 @@ impl RoundLog {
         missed_deadline: bool,
     ) {
         let identity = candidate.identity();
+        if let (Some(mine), Some(theirs)) = (candidate.run_id(), candidate.lease_run_id())
+            && mine != theirs
+            && !std::mem::replace(&mut self.other_run_id, true)
+        {
+            tracing::warn!(
+                lease = %lease, run_id = %mine, lease_run_id = %theirs,
+                "the Lease names another run id than this agent's (it could not read the \
+                 Lease at start, or the Lease was replaced): its report and cluster-scoped \
+                 series do not join the other agents'; restart it, or give every agent --run-id"
+            );
+        }
         match round {
             Round::Failed(error) => {
                 if !self.failing {
@@ -1243,6 +1434,157 @@ mod tests {
         async fn replace(&self, lease: Lease) -> Result<Lease, StoreError> {
             self.0.replace(lease).await
         }
+    }
+
+    fn run_id_on(store: &FakeStore) -> Option<String> {
+        let lease = store.lease.lock().unwrap();
+        lease.as_ref().and_then(run_id_of).map(str::to_string)
+    }
+
+    /// The first agent finds no Lease and creates it unheld with its run id; every later
+    /// agent reads that id; the Lease keeps it through takeovers, renewals and releases,
+    /// and an agent that recreates a deleted Lease writes it again.
+    #[tokio::test]
+    async fn the_run_id_is_agreed_on_the_lease_and_kept_by_every_write() {
+        let store = FakeStore::default();
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-a").await,
+            Ok("run-a".into())
+        );
+        assert_eq!(store.take_requests(), ["get (fresh)", "create"]);
+        assert_eq!(store.holder(), None, "created unheld");
+        assert_eq!(store.spec().lease_duration_seconds, Some(1));
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-b").await,
+            Ok("run-a".into())
+        );
+        assert_eq!(store.take_requests(), ["get (fresh)"], "a read, no write");
+
+        let t0 = Instant::now();
+        let mut a = Candidate::new("a", "l").with_run_id("run-a");
+        let mut b = Candidate::new("b", "l").with_run_id("run-b");
+        assert_eq!(
+            a.round(&store, t0).await,
+            Round::Leads {
+                acquired: true,
+                previous: None
+            },
+            "an unheld Lease is free"
+        );
+        assert_eq!(store.take_requests(), ["get", "update"]);
+        b.round(&store, t0).await;
+        a.round(&store, t0 + secs(2)).await;
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+        a.release(&store).await.unwrap();
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+        b.round(&store, t0 + secs(3)).await;
+        assert_eq!(store.holder().as_deref(), Some("b"));
+        assert_eq!(
+            run_id_on(&store).as_deref(),
+            Some("run-a"),
+            "b's own id never replaces the Lease's"
+        );
+
+        // Someone deletes the Lease mid-run: its next creator writes the run id again.
+        *store.lease.lock().unwrap() = None;
+        let mut c = Candidate::new("c", "l").with_run_id("run-a");
+        c.round(&store, t0 + secs(4)).await;
+        assert_eq!(store.holder().as_deref(), Some("c"));
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-a"));
+    }
+
+    /// A store where another agent writes the Lease (with `run-other`) just before this
+    /// agent's first write.
+    struct RacingStore {
+        inner: FakeStore,
+        raced: Mutex<bool>,
+    }
+
+    impl RacingStore {
+        async fn race(&self) {
+            if std::mem::replace(&mut *self.raced.lock().unwrap(), true) {
+                return;
+            }
+            match self.inner.get(true).await.unwrap() {
+                None => {
+                    let other = Candidate::new("other", "l").with_run_id("run-other");
+                    let mut lease = other.claim(None);
+                    lease.spec.as_mut().unwrap().holder_identity = None;
+                    self.inner.create(lease).await.unwrap();
+                }
+                Some(lease) => {
+                    let metadata = with_run_id(lease.metadata.clone(), Some("run-other"));
+                    self.inner
+                        .replace(Lease { metadata, ..lease })
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    impl LeaseStore for RacingStore {
+        async fn get(&self, fresh: bool) -> Result<Option<Lease>, StoreError> {
+            self.inner.get(fresh).await
+        }
+        async fn create(&self, lease: Lease) -> Result<Lease, StoreError> {
+            self.race().await;
+            self.inner.create(lease).await
+        }
+        async fn replace(&self, lease: Lease) -> Result<Lease, StoreError> {
+            self.race().await;
+            self.inner.replace(lease).await
+        }
+    }
+
+    /// Agents that race to write the run id agree on the winner's; a Lease written by an
+    /// older agent (no run id) gets one added, its holder untouched.
+    #[tokio::test]
+    async fn racing_agents_agree_on_one_run_id_and_an_old_lease_gets_one() {
+        let racing = RacingStore {
+            inner: FakeStore::default(),
+            raced: Mutex::new(false),
+        };
+        assert_eq!(
+            agree_on_run_id(&racing, "l", "run-mine").await,
+            Ok("run-other".into())
+        );
+        assert_eq!(
+            racing.inner.take_requests(),
+            [
+                "get (fresh)",
+                "get (fresh)",
+                "create",
+                "create",
+                "get (fresh)"
+            ],
+            "our create lost to the other agent's; the next read has its id"
+        );
+
+        let store = FakeStore::default();
+        Candidate::new("old", "l")
+            .round(&store, Instant::now())
+            .await;
+        assert_eq!(run_id_on(&store), None);
+        let racing = RacingStore {
+            inner: store,
+            raced: Mutex::new(false),
+        };
+        assert_eq!(
+            agree_on_run_id(&racing, "l", "run-mine").await,
+            Ok("run-other".into()),
+            "the other agent annotated it first"
+        );
+        let store = FakeStore::default();
+        Candidate::new("old", "l")
+            .round(&store, Instant::now())
+            .await;
+        assert_eq!(
+            agree_on_run_id(&store, "l", "run-mine").await,
+            Ok("run-mine".into())
+        );
+        assert_eq!(store.holder().as_deref(), Some("old"));
+        assert_eq!(run_id_on(&store).as_deref(), Some("run-mine"));
     }
 
     #[test]

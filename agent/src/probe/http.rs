@@ -229,10 +229,8 @@ impl HttpFetcher {
         if let Some(token) = self.token.as_ref().and_then(BearerToken::cached) {
             let token = token.as_bytes();
             let secret = token.strip_prefix(b"Bearer ").unwrap_or(token);
-            if let Ok(secret) = std::str::from_utf8(secret)
-                && error.message.contains(secret)
-            {
-                error.message = error.message.replace(secret, "<redacted>");
+            if let Ok(secret) = std::str::from_utf8(secret) {
+                error.message = redact(&error.message, secret);
             }
         }
         error
@@ -575,8 +573,51 @@ where
     Ok(out)
 }
 
+/// The shortest start of a secret that [`redact`] cuts out: error messages quote bodies
+/// truncated to a few dozen characters, so a long token may appear only in part, and a
+/// partial token still helps an attacker; shorter fragments would redact ordinary words.
+const MIN_REDACTED_PREFIX: usize = 8;
+
+/// `message` without `secret`: every occurrence of the whole secret, and every start of it
+/// (at least [`MIN_REDACTED_PREFIX`] bytes) that the message ends or is cut off with, is
+/// replaced by `<redacted>`.
+fn redact(message: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return message.to_string();
+    }
+    let mut out = message.replace(secret, "<redacted>");
+    // A quoted value cut short keeps only a prefix of the token; the longest such prefix
+    // first, so a shorter one inside it is not left behind.
+    let mut len = secret.len().saturating_sub(1);
+    while len >= MIN_REDACTED_PREFIX.min(secret.len()) && len > 0 {
+        if secret.is_char_boundary(len) && out.contains(&secret[..len]) {
+            out = out.replace(&secret[..len], "<redacted>");
+        }
+        len -= 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_token_cut_short_in_a_quoted_value_is_still_redacted() {
+        let token = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ";
+        let quoted = format!("value at /x is the string \"Bearer {}…\"", &token[..33]);
+        let redacted = redact(&quoted, token);
+        assert!(
+            !redacted.contains(&token[..MIN_REDACTED_PREFIX]),
+            "{redacted}"
+        );
+        assert!(redacted.contains("<redacted>"), "{redacted}");
+        // Whole occurrences too, and ordinary text stays.
+        assert_eq!(
+            redact(&format!("got {token} twice {token}"), token),
+            "got <redacted> twice <redacted>"
+        );
+        assert_eq!(redact("abc status 500", token), "abc status 500");
+    }
+
     use super::*;
     use crate::probe::testutil::*;
     use std::sync::Arc;

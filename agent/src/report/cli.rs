@@ -37,6 +37,13 @@ pub struct ReportRunArgs {
     /// forms) so reports from many clusters can be told apart.
     #[arg(long, value_name = "NAME", env = "CLUSTER_NAME")]
     pub cluster: Option<String>,
+    /// Run id of the report (`run.id`) and the metrics (the `invariant.run.id` resource
+    /// attribute), so both join. Default: $PROW_JOB_ID, else $BUILD_ID; else, with
+    /// --leader-elect and cluster-scoped invariants, the id on the leader election's Lease
+    /// (written by the first agent, so every agent of the deployment shares it; delete the
+    /// Lease to start a new one); else one generated at start.
+    #[arg(long, value_name = "ID", env = "INVARIANT_AGENT_RUN_ID", value_parser = super::parse_run_id)]
+    pub run_id: Option<String>,
     /// Whether violations fail their testcase in report.junit.xml. `informational`
     /// (default): violations are recorded in system-out and the testcase passes, so no job
     /// turns red unasked. `enforcing`: a violated invariant is a failure.

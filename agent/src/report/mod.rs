@@ -109,7 +109,9 @@ impl RunStatus {
 /// Facts about the run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunInfo {
-    /// Run id: `$PROW_JOB_ID` or `$BUILD_ID` when set, else generated at start.
+    /// Run id: `--run-id`, `$PROW_JOB_ID` or `$BUILD_ID` when set, else the one on the
+    /// leader election's Lease (shared by every agent), else generated at start (see
+    /// [`configured_run_id`]).
     pub id: String,
     /// Where the run happened: CI job, build and cluster.
     #[serde(flatten)]
@@ -676,21 +678,29 @@ impl Report {
     }
 }
 
-/// The run id: `$PROW_JOB_ID`, else `$BUILD_ID`, else generated from the start time and
-/// randomness, so reports from CI join with the job that produced them.
-pub fn run_id_from_env(started_at: Timestamp) -> String {
-    for var in ["PROW_JOB_ID", "BUILD_ID"] {
-        if let Ok(v) = std::env::var(var) {
-            let v = v.trim();
-            if !v.is_empty() {
-                return v.to_string();
-            }
-        }
+/// Where the run id comes from, first that applies (the rule `--run-id --help` and the
+/// README state):
+///
+/// 1. `--run-id` (or `$INVARIANT_AGENT_RUN_ID`);
+/// 2. `$PROW_JOB_ID`, then `$BUILD_ID` (set by Prow and Jenkins), so reports from CI join
+///    with the job that produced them;
+/// 3. under `--leader-elect` with cluster-scoped invariants, the id on the leader
+///    election's Lease, written by the first agent of the deployment, so all of them
+///    share it ([`crate::kube::lease::agree_on_run_id`]);
+/// 4. generated at start ([`generated_run_id`]).
+///
+/// This returns the first two (with the flag or variable it came from), `None` otherwise.
+pub fn configured_run_id(flag: Option<&str>) -> Option<(String, &'static str)> {
+    if let Some(id) = flag.map(str::trim).filter(|id| !id.is_empty()) {
+        return Some((id.to_string(), "--run-id"));
     }
-    generated_run_id(started_at)
+    ["PROW_JOB_ID", "BUILD_ID"].into_iter().find_map(|var| {
+        let id = non_empty_env(var)?;
+        Some((id.trim().to_string(), var))
+    })
 }
 
-/// A run id made up by the agent (no CI id): `run-<start ms>-<8 hex digits>`.
+/// A new run id: `run-<start in ms>-<8 random hex digits>`.
 pub fn generated_run_id(started_at: Timestamp) -> String {
     format!("run-{}-{:08x}", started_at.0, fastrand::u32(..))
 }
@@ -704,6 +714,22 @@ pub fn is_generated_run_id(id: &str) -> bool {
     start.parse::<i64>().is_ok()
         && random.len() == 8
         && random.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a `--run-id` value: it becomes a resource attribute, a Lease annotation and part
+/// of report file contents, so printable and short.
+pub fn parse_run_id(value: &str) -> Result<String, String> {
+    let id = value.trim();
+    if id.is_empty() {
+        return Err("the run id is empty".to_string());
+    }
+    if id.chars().count() > 128 {
+        return Err("a run id has at most 128 characters".to_string());
+    }
+    if id.chars().any(char::is_control) {
+        return Err("a run id has no control characters".to_string());
+    }
+    Ok(id.to_string())
 }
 
 /// The node name: `$NODE_NAME` (set by the DaemonSet from the downward API), else the
@@ -734,6 +760,23 @@ mod tests {
     /// The bytes `log` counts agree with what it holds.
     fn recount(log: &AnnotationLog) -> usize {
         log.items().iter().map(text_bytes).sum()
+    }
+
+    #[test]
+    fn a_run_id_flag_wins_and_is_checked() {
+        assert_eq!(
+            configured_run_id(Some(" e2e-42 ")),
+            Some(("e2e-42".to_string(), "--run-id"))
+        );
+        assert!(generated_run_id(Timestamp(7)).starts_with("run-7-"));
+        assert_ne!(
+            generated_run_id(Timestamp(7)),
+            generated_run_id(Timestamp(7))
+        );
+        assert_eq!(parse_run_id(" a b "), Ok("a b".to_string()));
+        assert!(parse_run_id("  ").unwrap_err().contains("empty"));
+        assert!(parse_run_id("a\nb").unwrap_err().contains("control"));
+        assert!(parse_run_id(&"x".repeat(129)).unwrap_err().contains("128"));
     }
 
     #[test]

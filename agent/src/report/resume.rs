@@ -125,12 +125,18 @@ impl Default for ResumeArgs {
     }
 }
 
+/// `Identity::run_id_from` of an id the agent made up.
+pub const GENERATED: &str = "generated";
+
 /// What a new agent is, to tell whether a checkpoint is of the same run.
 #[derive(Clone, Copy, Debug)]
 pub struct Identity<'a> {
-    /// The run id this agent would use for a new run: an id from the CI environment must
-    /// match; a generated one is replaced by the checkpoint's (also generated) id.
+    /// The run id this agent would use for a new run: a configured one (flag, CI
+    /// environment, the Lease) must match; a generated one is replaced by the checkpoint's
+    /// (also generated) id.
     pub run_id: &'a str,
+    /// Where `run_id` came from, as the start-up log says (`"generated"` when made up).
+    pub run_id_from: &'a str,
     /// Node (or host) the agent runs on.
     pub node: Option<&'a str>,
     /// CI job, build and cluster.
@@ -293,17 +299,17 @@ pub fn different_run(
     max_age: Duration,
 ) -> Option<String> {
     let run = &prior.run;
-    let ours_generated = is_generated_run_id(identity.run_id);
+    let ours_generated = identity.run_id_from == GENERATED;
     if ours_generated && !is_generated_run_id(&run.id) {
         return Some(format!(
-            "it is run {:?}, an id from the CI environment, and this agent has none",
+            "it is run {:?}, a configured id, and this agent has none",
             run.id
         ));
     }
     if !ours_generated && run.id != identity.run_id {
         return Some(format!(
-            "it is run {:?} and this is run {:?} ($PROW_JOB_ID, else $BUILD_ID)",
-            run.id, identity.run_id
+            "it is run {:?} and this is run {:?} (from {})",
+            run.id, identity.run_id, identity.run_id_from
         ));
     }
     if run.node.as_deref() != identity.node {
@@ -843,6 +849,11 @@ invariants:
     fn identity<'a>(id: &'a str, set: &'a InvariantSet, context: &'a RunContext) -> Identity<'a> {
         Identity {
             run_id: id,
+            run_id_from: if is_generated_run_id(id) {
+                GENERATED
+            } else {
+                "$PROW_JOB_ID"
+            },
             node: Some("node-1"),
             context,
             invariants: &set.invariants,
@@ -897,7 +908,7 @@ invariants:
                 "ci id",
                 identity("1234", &set, &context),
                 20_000,
-                "this is run \"1234\" ($PROW_JOB_ID",
+                "this is run \"1234\" (from $PROW_JOB_ID)",
             ),
             (
                 "node",
@@ -977,7 +988,7 @@ invariants:
                 DEFAULT_MAX_AGE
             )
             .unwrap()
-            .contains("an id from the CI environment, and this agent has none")
+            .contains("a configured id, and this agent has none")
         );
     }
 
