@@ -15,10 +15,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::spec::Scope;
 use crate::config::{Invariant, InvariantSet};
 use crate::eval::{Evaluator, State, Transition};
+use crate::reload::Diff;
 use crate::report::attribution::Attributor;
 use crate::report::{
-    Annotation, AnnotationLog, InvariantReport, Leadership, LeadershipInterval, Report, RunContext,
-    RunInfo, RunStatus,
+    Annotation, AnnotationLog, ConfigRevision, InvariantReport, Leadership, LeadershipInterval,
+    Report, Retired, RetiredReason, RevisionResult, RunContext, RunInfo, RunStatus,
 };
 use crate::sample::{Sample, Timestamp};
 use crate::schedule::Event;
@@ -53,6 +54,12 @@ pub trait SampleObserver: Send {
 
     /// Called on every state change of `invariant`, from a sample or from time passing.
     fn on_transition(&mut self, _invariant: usize, _transition: &Transition) {}
+
+    /// Called when a configuration change started invariants at new indices (`started`,
+    /// each with its declaration; always past every index seen before) and stopped the
+    /// invariants at `stopped`. Indices are never reused, so events of a stopped
+    /// invariant still in flight keep meaning what they meant.
+    fn on_invariants_changed(&mut self, _started: &[(usize, Invariant)], _stopped: &[usize]) {}
 }
 
 /// A request to the engine from outside its task (the gRPC API, `run`'s shutdown).
@@ -63,18 +70,43 @@ pub enum Command {
     /// Record an annotation (see [`Engine::annotate`]); the sender, if any, learns when
     /// it was applied.
     Annotate(Annotation, Option<oneshot::Sender<()>>),
+    /// Apply a configuration change (see [`Engine::reconfigure`]); the reply says at which
+    /// indices the starting invariants run.
+    Reconfigure(Box<Reconfigure>, oneshot::Sender<Vec<usize>>),
+    /// Record a configuration change that was refused (see [`Engine::refused`]).
+    RefuseConfig(ConfigRevision),
     /// Build a report now (status `running`), publish it as the latest snapshot and send
     /// it back. After the run ended the reply is the final report.
     Report(oneshot::Sender<Arc<Report>>),
 }
+
+/// A valid configuration change for the engine to apply.
+#[derive(Debug)]
+pub struct Reconfigure {
+    /// What changes against the invariants running now.
+    pub diff: Diff,
+    /// SHA-256 of the new files (see [`crate::config::FileContents::hash`]).
+    pub hash: Option<String>,
+    /// When the new files were read.
+    pub at: Timestamp,
+}
+
+/// Most configuration revisions a report keeps: the first ones and, beyond, a count.
+pub const MAX_CONFIG_REVISIONS: usize = 100;
 
 /// The latest report snapshot, published by the engine (`None` until the first).
 pub type Snapshots = watch::Receiver<Option<Arc<Report>>>;
 
 /// All evaluation state of a run.
 pub struct Engine {
+    /// Every invariant that ran in this run, by index; a configuration change appends
+    /// and retires, never removes, so indices held elsewhere stay valid.
     invariants: Vec<Invariant>,
     evaluators: Vec<Evaluator>,
+    /// When each invariant ran, if not the whole run (parallel to `invariants`).
+    lifetimes: Vec<Lifetime>,
+    /// Configuration changes seen while running, oldest first.
+    revisions: Vec<ConfigRevision>,
     meta: RunMeta,
     observers: Vec<Box<dyn SampleObserver>>,
     /// CI job, build and cluster, for the report.
@@ -85,6 +117,15 @@ pub struct Engine {
     attributor: Attributor,
     /// Leader election, when on (see [`Engine::follow_leadership`]).
     election: Option<Election>,
+}
+
+/// The part of the run an invariant ran in, when not all of it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lifetime {
+    /// Started by a configuration change at this time.
+    from: Option<Timestamp>,
+    /// Stopped by a configuration change.
+    retired: Option<Retired>,
 }
 
 /// Leader election as the engine sees it: when this agent led, and the channel that says
@@ -105,6 +146,8 @@ impl Engine {
         Engine {
             invariants: set.invariants.clone(),
             evaluators,
+            lifetimes: vec![Lifetime::default(); set.invariants.len()],
+            revisions: Vec::new(),
             meta,
             observers: Vec::new(),
             context: RunContext::default(),
@@ -221,6 +264,9 @@ impl Engine {
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Sample { invariant, sample } => {
+                if self.retired_before(invariant, sample.at) {
+                    return;
+                }
                 if self.gated(invariant) {
                     self.cover(sample.at);
                 }
@@ -235,6 +281,9 @@ impl Engine {
                 }
             }
             Event::Missed { invariant, at } => {
+                if self.retired_before(invariant, at) {
+                    return;
+                }
                 let Some(evaluator) = self.evaluators.get_mut(invariant) else {
                     return;
                 };
@@ -254,7 +303,7 @@ impl Engine {
     pub fn advance(&mut self, now: Timestamp) {
         for invariant in 0..self.evaluators.len() {
             // Not sampled here now: a `for` duration must not elapse without evidence.
-            if self.paused(invariant) {
+            if self.paused(invariant) || self.lifetimes[invariant].retired.is_some() {
                 continue;
             }
             if let Some(t) = self.evaluators[invariant].advance(now) {
@@ -288,13 +337,18 @@ impl Engine {
             .invariants
             .iter()
             .zip(&self.evaluators)
-            .map(|(i, e)| {
-                let mut entry = InvariantReport::new(i, e.summary(now));
+            .zip(&self.lifetimes)
+            .map(|((i, e), lifetime)| {
+                // A retired entry's numbers stop when it did.
+                let until = lifetime.retired.map_or(now, |r| r.at.min(now));
+                let mut entry = InvariantReport::new(i, e.summary(until));
                 if i.scope == Scope::Cluster
                     && let Some(leadership) = &leadership
                 {
                     entry.note = Some(leadership_note(leadership, now, self.meta.started_at));
                 }
+                entry.active_from = lifetime.from;
+                entry.retired = lifetime.retired;
                 entry
             })
             .collect();
@@ -310,6 +364,7 @@ impl Engine {
             config_files: self.meta.config_files.clone(),
             node: self.meta.node.clone(),
             leadership,
+            config_revisions: self.revisions.clone(),
         };
         let mut report = Report::new(run, invariants);
         if !self.annotations.items().is_empty() || self.annotations.dropped() > 0 {
@@ -321,6 +376,119 @@ impl Engine {
             self.attributor.apply(&mut report);
         }
         report
+    }
+}
+
+impl Engine {
+    /// The invariants running now (not retired), with their indices.
+    pub fn running(&self) -> Vec<(usize, Invariant)> {
+        self.invariants
+            .iter()
+            .zip(&self.lifetimes)
+            .enumerate()
+            .filter(|(_, (_, l))| l.retired.is_none())
+            .map(|(index, (i, _))| (index, i.clone()))
+            .collect()
+    }
+
+    /// Applies a valid configuration change at `change.at`, all at once between two
+    /// events: kept invariants run on untouched (only where they are declared may move);
+    /// removed ones are retired, their entries kept with the time; changed ones are
+    /// retired and started again at a new index with fresh state; added ones start at
+    /// new indices. Returns the indices of the starting invariants, in
+    /// [`Diff::starting`] order, for the scheduler.
+    pub fn reconfigure(&mut self, change: Reconfigure) -> Vec<usize> {
+        let Reconfigure { diff, hash, at } = change;
+        let name = |engine: &Engine, index: usize| engine.invariants[index].name.clone();
+        for (index, invariant) in &diff.kept {
+            if let Some(running) = self.invariants.get_mut(*index) {
+                running.source = invariant.source.clone();
+            }
+        }
+        let mut stopped = Vec::new();
+        for index in &diff.removed {
+            self.retire(*index, at, RetiredReason::Removed, &mut stopped);
+        }
+        for (index, _) in &diff.changed {
+            self.retire(*index, at, RetiredReason::Changed, &mut stopped);
+        }
+        let mut started = Vec::new();
+        for invariant in diff.starting() {
+            let index = self.invariants.len();
+            self.invariants.push(invariant.clone());
+            self.evaluators
+                .push(Evaluator::new(&invariant.condition, invariant.interval));
+            self.lifetimes.push(Lifetime {
+                from: Some(at),
+                retired: None,
+            });
+            started.push((index, invariant.clone()));
+        }
+        let revision = ConfigRevision {
+            at,
+            hash,
+            result: RevisionResult::Applied,
+            added: diff.added.iter().map(|i| i.name.clone()).collect(),
+            changed: diff.changed.iter().map(|(_, i)| i.name.clone()).collect(),
+            removed: diff.removed.iter().map(|i| name(self, *i)).collect(),
+            problems: Vec::new(),
+        };
+        tracing::info!(
+            hash = revision.hash.as_deref().unwrap_or("-"),
+            added = ?revision.added,
+            changed = ?revision.changed,
+            removed = ?revision.removed,
+            kept = diff.kept.len(),
+            "configuration change applied; unchanged invariants run on untouched"
+        );
+        self.record_revision(revision);
+        for observer in &mut self.observers {
+            observer.on_invariants_changed(&started, &stopped);
+        }
+        started.into_iter().map(|(index, _)| index).collect()
+    }
+
+    /// Records a configuration change that was refused: nothing else changes.
+    pub fn refused(&mut self, revision: ConfigRevision) {
+        self.record_revision(revision);
+    }
+
+    fn record_revision(&mut self, revision: ConfigRevision) {
+        if self.revisions.len() < MAX_CONFIG_REVISIONS {
+            self.revisions.push(revision);
+        } else if let Some(last) = self.revisions.last_mut() {
+            // The newest one always shows what is in effect (or was last refused).
+            *last = revision;
+        }
+    }
+
+    /// Retires the running invariant at `index` at `at`, once.
+    fn retire(&mut self, index: usize, at: Timestamp, reason: RetiredReason, out: &mut Vec<usize>) {
+        if self
+            .lifetimes
+            .get(index)
+            .is_none_or(|l| l.retired.is_some())
+        {
+            return;
+        }
+        // Time-based state is brought up to the retirement first, so the entry ends as it
+        // stood then.
+        if !self.paused(index)
+            && let Some(t) = self.evaluators[index].advance(at)
+        {
+            self.on_transition(index, &t);
+        }
+        self.lifetimes[index].retired = Some(Retired { at, reason });
+        out.push(index);
+    }
+
+    /// Whether the invariant at `index` was retired before `at` (an event of it still in
+    /// flight then is not counted).
+    fn retired_before(&self, index: usize, at: Timestamp) -> bool {
+        self.lifetimes
+            .get(index)
+            .and_then(|l| l.retired)
+            .is_some_and(|r| at > r.at)
     }
 }
 
@@ -450,6 +618,13 @@ impl Engine {
             Command::Report(reply) => {
                 let _ = reply.send(self.publish(snapshots, status));
             }
+            Command::Reconfigure(change, reply) => {
+                let started = self.reconfigure(*change);
+                // Published at once: GetStatus and the exporters see the new set now.
+                self.publish(snapshots, status);
+                let _ = reply.send(started);
+            }
+            Command::RefuseConfig(revision) => self.refused(revision),
         }
     }
 

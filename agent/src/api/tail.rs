@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
-use super::feed::{Feed, FeedEvent, FeedMessage, History};
+use super::feed::{Catalog, Feed, FeedEvent, FeedMessage, History};
 use super::{convert, proto};
 use crate::engine::Snapshots;
 
@@ -31,17 +31,55 @@ const MAX_LISTED: usize = 20;
 pub struct TailPlan {
     /// Per invariant index: whether the request selects it.
     pub wanted: Vec<bool>,
+    /// The request's filters, for invariants a configuration change starts later.
+    pub filter: Filter,
     /// Leave samples out.
     pub transitions_only: bool,
     /// History to replay first.
     pub history: History,
 }
 
-/// Checks `request` against the invariants of `feed`. Unknown names and filters that
-/// select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
+/// What a Tail request selects: invariants by name (any, when empty) that carry all the
+/// labels.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    names: BTreeSet<String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Filter {
+    fn of(request: &proto::TailRequest) -> Self {
+        Filter {
+            names: request.invariants.iter().cloned().collect(),
+            labels: request
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether the running invariant at `index` of `catalog` is selected.
+    fn selects(&self, catalog: &Catalog, index: usize) -> bool {
+        let (Some(name), Some(labels)) = (catalog.names.get(index), catalog.labels.get(index))
+        else {
+            return false;
+        };
+        catalog.running.get(index).copied().unwrap_or(false)
+            && (self.names.is_empty() || self.names.contains(name))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    }
+}
+
+/// Checks `request` against the running invariants of `feed`. Unknown names and filters
+/// that select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
 pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Status> {
     check_filter_size(request)?;
-    let names = feed.names();
+    let catalog = feed.catalog();
+    let names: Vec<String> = catalog.running_names().cloned().collect();
     let unknown: Vec<&str> = request
         .invariants
         .iter()
@@ -49,22 +87,14 @@ pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Statu
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
-        return Err(Status::invalid_argument(unknown_names(&unknown, names)));
+        return Err(Status::invalid_argument(unknown_names(&unknown, &names)));
     }
-    let by_name: BTreeSet<&str> = request.invariants.iter().map(String::as_str).collect();
-    let wanted: Vec<bool> = names
-        .iter()
-        .zip(feed.labels())
-        .map(|(name, labels)| {
-            (by_name.is_empty() || by_name.contains(name.as_str()))
-                && request
-                    .labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
-        })
+    let filter = Filter::of(request);
+    let wanted: Vec<bool> = (0..catalog.names.len())
+        .map(|i| filter.selects(&catalog, i))
         .collect();
     if !wanted.contains(&true) && !names.is_empty() {
-        return Err(Status::invalid_argument(no_match(request, feed)));
+        return Err(Status::invalid_argument(no_match(request, &catalog)));
     }
     use proto::tail_request::History as Wire;
     let history = match &request.history {
@@ -74,6 +104,7 @@ pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Statu
     };
     Ok(TailPlan {
         wanted,
+        filter,
         transitions_only: request.transitions_only,
         history,
     })
@@ -134,17 +165,19 @@ fn unknown_names(unknown: &[&str], names: &[String]) -> String {
     )
 }
 
-fn no_match(request: &proto::TailRequest, feed: &Feed) -> String {
+fn no_match(request: &proto::TailRequest, catalog: &Catalog) -> String {
     let asked: BTreeMap<&String, &String> = request.labels.iter().collect();
     let asked = asked
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let in_use: BTreeSet<String> = feed
-        .labels()
+    let in_use: BTreeSet<String> = catalog
+        .labels
         .iter()
-        .flat_map(|l| l.iter().map(|(k, v)| format!("{k}={v}")))
+        .zip(&catalog.running)
+        .filter(|(_, running)| **running)
+        .flat_map(|(l, _)| l.iter().map(|(k, v)| format!("{k}={v}")))
         .collect();
     let scope = if request.invariants.is_empty() {
         "no invariant".to_string()
@@ -212,6 +245,8 @@ pub fn stream(
     }
     let state = TailState {
         feed: feed.clone(),
+        catalog: feed.catalog(),
+        filter: plan.filter,
         snapshot: Some(snapshot),
         replay,
         live_sent: false,
@@ -251,6 +286,14 @@ fn marker(event: proto::tail_response::Event) -> proto::TailResponse {
     }
 }
 
+/// A configuration change started invariants after the subscription: those `filter`
+/// selects are followed from their first event on.
+fn learn_new_invariants(catalog: &Catalog, filter: &Filter, wanted: &mut Vec<bool>) {
+    for index in wanted.len()..catalog.names.len() {
+        wanted.push(filter.selects(catalog, index));
+    }
+}
+
 /// Whether a subscriber that wants the invariants set in `wanted` gets `event`.
 fn selects(wanted: &[bool], transitions_only: bool, event: &FeedEvent) -> bool {
     wanted.get(event.invariant).copied().unwrap_or(false)
@@ -260,6 +303,10 @@ fn selects(wanted: &[bool], transitions_only: bool, event: &FeedEvent) -> bool {
 struct TailState {
     /// For invariant names.
     feed: Feed,
+    /// The invariants as last looked up; refreshed when an event names one it lacks.
+    catalog: Arc<Catalog>,
+    /// Selects invariants started after the subscription.
+    filter: Filter,
     snapshot: Option<proto::TailResponse>,
     replay: VecDeque<Arc<FeedEvent>>,
     live_sent: bool,
@@ -295,6 +342,13 @@ impl TailState {
             match receiver.recv().await {
                 Ok(event) => match event.message {
                     FeedMessage::RunEnded => return Some(self.finish()),
+                    _ if event.invariant >= self.wanted.len() => {
+                        self.catalog = self.feed.catalog();
+                        learn_new_invariants(&self.catalog, &self.filter, &mut self.wanted);
+                        if selects(&self.wanted, self.transitions_only, &event) {
+                            return Some(self.response(&event, false));
+                        }
+                    }
                     _ if selects(&self.wanted, self.transitions_only, &event) => {
                         return Some(self.response(&event, false));
                     }
@@ -310,7 +364,7 @@ impl TailState {
     }
 
     fn response(&self, event: &FeedEvent, replay: bool) -> proto::TailResponse {
-        let name = self.feed.names().get(event.invariant);
+        let name = self.catalog.names.get(event.invariant);
         event.response(name.map_or("", String::as_str), replay)
     }
 

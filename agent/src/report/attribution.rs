@@ -185,6 +185,7 @@ invariants:
             config_files: vec![],
             node: None,
             leadership: None,
+            config_revisions: Vec::new(),
         };
         let inv = InvariantReport::new(&set.invariants[0], summary(intervals));
         Report::new(run, vec![inv]).with_annotations(tests.iter().map(|&(name, s, e)| Annotation {
