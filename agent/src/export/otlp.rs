@@ -242,6 +242,10 @@ fn metadata(headers: &[(String, String)]) -> Metadata {
 
 /// A meter provider exporting through `exporter` every `interval`, with the agent's
 /// instruments registered; also used by the benchmarks with an in-memory exporter.
+/// Invariants configuration changes may add to a run beyond its first set before the
+/// SDK would fold their series into the overflow series.
+const RELOAD_HEADROOM: usize = 256;
+
 pub fn provider_with<E: PushMetricExporter>(
     exporter: E,
     interval: Duration,
@@ -253,8 +257,9 @@ pub fn provider_with<E: PushMetricExporter>(
         .with_interval(interval)
         .build();
     // The SDK folds series beyond 2000 per instrument into an overflow series; the
-    // invariant file bounds ours, so make room for all of them.
-    let limit = identities.len() * SAMPLE_OUTCOMES.len() + 16;
+    // invariant file bounds ours, so make room for all of them, and for invariants that
+    // configuration changes add while running.
+    let limit = (identities.len() + RELOAD_HEADROOM) * SAMPLE_OUTCOMES.len() + 16;
     let provider = SdkMeterProvider::builder()
         .with_resource(resource)
         .with_reader(reader)
@@ -283,6 +288,18 @@ struct Attributes {
 
 impl Attributes {
     fn new(identities: &[Identity]) -> Self {
+        let mut attributes = Attributes {
+            base: Vec::new(),
+            outcomes: Vec::new(),
+            names: Vec::new(),
+        };
+        attributes.extend(identities);
+        attributes
+    }
+
+    /// Appends the attribute sets of `identities` (invariants a configuration change
+    /// started).
+    fn extend(&mut self, identities: &[Identity]) {
         let base: Vec<Vec<KeyValue>> = identities
             .iter()
             .map(|id| {
@@ -301,19 +318,18 @@ impl Attributes {
                     attrs
                 })
             })
-            .collect();
-        Attributes {
-            base,
-            outcomes,
-            names: identities.iter().map(|i| i.name.clone()).collect(),
-        }
+            .collect::<Vec<_>>();
+        self.base.extend(base);
+        self.outcomes.extend(outcomes);
+        self.names.extend(identities.iter().map(|i| i.name.clone()));
     }
 }
 
 /// What the callbacks share: the newest snapshot and the attribute sets.
 struct Source {
     snapshots: Snapshots,
-    attrs: Attributes,
+    /// Grows when a configuration change starts invariants; otherwise only read.
+    attrs: std::sync::RwLock<Attributes>,
     disruption: Monotonic,
 }
 
@@ -321,16 +337,24 @@ impl Source {
     /// Calls `f(index, point)` for every invariant of the newest snapshot whose name
     /// matches the file order (always, unless something is badly wrong) and whose series
     /// this agent exports now (see [`series::exported`]).
-    fn each(&self, mut f: impl FnMut(usize, &Point)) {
+    fn each(&self, mut f: impl FnMut(usize, &Point, &Attributes)) {
         let Some(report): Option<Arc<Report>> = self.snapshots.borrow().clone() else {
             return;
         };
-        for (i, (entry, name)) in report.invariants.iter().zip(&self.attrs.names).enumerate() {
+        let attrs = self.attrs();
+        for (i, (entry, name)) in report.invariants.iter().zip(&attrs.names).enumerate() {
             // A cluster-scoped invariant another agent runs now is that agent's to export.
             if entry.name == *name && series::exported(&report, entry) {
-                f(i, &Point::from_report(entry));
+                f(i, &Point::from_report(entry), &attrs);
             }
         }
+    }
+
+    fn attrs(&self) -> std::sync::RwLockReadGuard<'_, Attributes> {
+        // Every update is whole: a panic elsewhere cannot leave it half-written.
+        self.attrs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -345,7 +369,7 @@ impl Instruments {
     fn register(meter: &Meter, identities: &[Identity], snapshots: Snapshots) -> Self {
         let source = Arc::new(Source {
             snapshots,
-            attrs: Attributes::new(identities),
+            attrs: std::sync::RwLock::new(Attributes::new(identities)),
             disruption: Monotonic::new(identities.len()),
         });
         let mut observable: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
@@ -357,9 +381,9 @@ impl Instruments {
                 .with_unit(series::SAMPLES.unit)
                 .with_description(series::SAMPLES.help)
                 .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         for (k, n) in p.samples.iter().enumerate() {
-                            o.observe(*n, &s.attrs.outcomes[i][k]);
+                            o.observe(*n, &attrs.outcomes[i][k]);
                         }
                     })
                 })
@@ -371,9 +395,9 @@ impl Instruments {
                 .f64_observable_gauge(series::VALUE.otel)
                 .with_description(series::VALUE.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         if let Some(v) = p.value {
-                            o.observe(v, &s.attrs.base[i]);
+                            o.observe(v, &attrs.base[i]);
                         }
                     })
                 })
@@ -385,7 +409,7 @@ impl Instruments {
                 .i64_observable_gauge(series::STATE.otel)
                 .with_description(series::STATE.help)
                 .with_callback(move |o: &dyn AsyncInstrument<i64>| {
-                    s.each(|i, p| o.observe(p.state, &s.attrs.base[i]))
+                    s.each(|i, p, attrs| o.observe(p.state, &attrs.base[i]))
                 })
                 .build(),
         ));
@@ -396,7 +420,7 @@ impl Instruments {
                 .with_unit(series::VIOLATIONS.unit)
                 .with_description(series::VIOLATIONS.help)
                 .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                    s.each(|i, p| o.observe(p.violations, &s.attrs.base[i]))
+                    s.each(|i, p, attrs| o.observe(p.violations, &attrs.base[i]))
                 })
                 .build(),
         ));
@@ -407,9 +431,9 @@ impl Instruments {
                 .with_unit(series::DISRUPTION.unit)
                 .with_description(series::DISRUPTION.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         let v = s.disruption.at_least(i, p.disruption_seconds);
-                        o.observe(v, &s.attrs.base[i]);
+                        o.observe(v, &attrs.base[i]);
                     })
                 })
                 .build(),
@@ -421,9 +445,9 @@ impl Instruments {
                 .with_unit(series::AVAILABILITY.unit)
                 .with_description(series::AVAILABILITY.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         if let Some(v) = p.availability {
-                            o.observe(v, &s.attrs.base[i]);
+                            o.observe(v, &attrs.base[i]);
                         }
                     })
                 })
@@ -438,6 +462,20 @@ impl Instruments {
                     let report = s.snapshots.borrow().clone();
                     if let Some(leader) = report.as_deref().and_then(series::leader_value) {
                         o.observe(leader, &[]);
+                    }
+                })
+                .build(),
+        ));
+        let s = source.clone();
+        observable.push(Box::new(
+            meter
+                .i64_observable_gauge(series::CONFIG_REFUSED.otel)
+                .with_description(series::CONFIG_REFUSED.help)
+                .with_callback(move |o: &dyn AsyncInstrument<i64>| {
+                    let report = s.snapshots.borrow().clone();
+                    if let Some(refused) = report.as_deref().and_then(series::config_refused_value)
+                    {
+                        o.observe(refused, &[]);
                     }
                 })
                 .build(),
@@ -476,10 +514,22 @@ impl DurationRecorder {
     pub fn record(&self, invariant: usize, sample: &Sample) {
         let outcome = series::outcome_index(sample.outcome());
         debug_assert!(outcome < DURATION_OUTCOMES.len());
-        if let Some(attrs) = self.source.attrs.outcomes.get(invariant) {
+        if let Some(attrs) = self.source.attrs().outcomes.get(invariant) {
             self.histogram
                 .record(sample.latency.as_secs_f64(), &attrs[outcome]);
         }
+    }
+}
+
+impl DurationRecorder {
+    /// Adds the invariants a configuration change started (their indices follow every
+    /// one known), so their series are exported from their first sample on.
+    pub fn add_invariants(&self, identities: &[Identity]) {
+        self.source
+            .attrs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(identities);
     }
 }
 
