@@ -952,4 +952,167 @@ invariants:
             .await;
         assert!(late.is_err(), "after the end, commands fail to send");
     }
+
+    const RELOADED: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: added
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+  - name: api
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+    expectedDisruptions: ['\[Disruptive\]']
+"#;
+
+    /// Records which invariants observers are told started and stopped.
+    struct Changes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl SampleObserver for Changes {
+        fn on_sample(&mut self, _: usize, _: &Sample) {}
+        fn on_invariants_changed(&mut self, started: &[(usize, Invariant)], stopped: &[usize]) {
+            let started: Vec<String> = started
+                .iter()
+                .map(|(i, inv)| format!("{i}={}", inv.name))
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("started {started:?} stopped {stopped:?}"));
+        }
+    }
+
+    /// A kept invariant runs on with its state (its samples before and after the change
+    /// are one series); a changed one is retired with its history and restarts fresh at a
+    /// new index; a removed one is retired; an added one starts; samples of a retired one
+    /// taken after the change are not counted; the report records the revision.
+    #[test]
+    fn a_configuration_change_keeps_unchanged_invariants_and_retires_the_rest() {
+        let set = crate::config::parse_str("f.yaml", SCOPED).unwrap();
+        let meta = RunMeta {
+            id: "r".into(),
+            started_at: Timestamp(0),
+            config_files: vec![],
+            node: None,
+        };
+        let mut engine = Engine::new(&set, meta);
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        engine.observe(Box::new(Changes(told.clone())));
+        for at in [0, 1000, 2000] {
+            engine.handle(value(0, at, 0.0));
+            engine.handle(value(1, at, 5.0));
+        }
+        // A new file: node-check as it was (on another line), cluster-check with another
+        // interval.
+        let mut new_set = crate::config::parse_str("g.yaml", SCOPED).unwrap();
+        new_set.invariants.truncate(1);
+        new_set.invariants[0].source = "g.yaml:9:5".into();
+        let mut changed = new_set.invariants[0].clone();
+        changed.name = "cluster-check".into();
+        changed.interval = Duration::from_secs(2);
+        new_set.invariants.push(changed);
+        let running = engine.running();
+        let diff = crate::reload::diff(&running, &new_set);
+        assert_eq!(diff.kept.len(), 1);
+        assert_eq!(diff.changed.len(), 1);
+        let started = engine.reconfigure(Reconfigure {
+            diff,
+            hash: Some("abc".into()),
+            at: Timestamp(2500),
+        });
+        assert_eq!(started, [2]);
+        assert_eq!(
+            *told.lock().unwrap(),
+            ["started [\"2=cluster-check\"] stopped [1]"]
+        );
+        for at in [3000, 4000] {
+            engine.handle(value(0, at, 0.0));
+            engine.handle(value(1, at, 5.0)); // in flight from the old job: not counted
+            engine.handle(value(2, at, 0.0));
+        }
+        // Then the new file drops cluster-check and adds `added`.
+        let third = crate::config::parse_str("h.yaml", RELOADED).unwrap();
+        let mut third_set = InvariantSet {
+            invariants: vec![third.invariants[0].clone()],
+        };
+        third_set.invariants.push(engine.running()[0].1.clone());
+        let diff = crate::reload::diff(&engine.running(), &third_set);
+        assert_eq!(diff.removed, [2]);
+        let started = engine.reconfigure(Reconfigure {
+            diff,
+            hash: Some("def".into()),
+            at: Timestamp(4500),
+        });
+        assert_eq!(started, [3]);
+        engine.refused(ConfigRevision {
+            at: Timestamp(5000),
+            hash: Some("bad".into()),
+            result: RevisionResult::Refused,
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            problems: vec!["h.yaml:1:1: kind: must be InvariantSet".into()],
+        });
+        engine.handle(value(0, 5000, 0.0));
+
+        let report = engine.report(Timestamp(6000), RunStatus::Completed);
+        let names: Vec<&str> = report.invariants.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["node-check", "cluster-check", "cluster-check", "added"]
+        );
+        let [kept, old, new, added] = &report.invariants[..] else {
+            unreachable!()
+        };
+        assert_eq!(kept.summary.samples.ok, 6, "one series across both changes");
+        assert_eq!((kept.active_from, kept.retired), (None, None));
+        assert_eq!(kept.source, "g.yaml:9:5", "where it is declared now");
+        assert_eq!(
+            old.summary.samples.ok, 3,
+            "the samples after the change are not its"
+        );
+        assert_eq!(
+            old.retired,
+            Some(Retired {
+                at: Timestamp(2500),
+                reason: RetiredReason::Changed
+            })
+        );
+        assert_eq!(
+            old.summary.state,
+            State::Pending,
+            "as it stood when retired"
+        );
+        assert_eq!(new.active_from, Some(Timestamp(2500)));
+        assert_eq!(new.interval_seconds, 2.0);
+        assert_eq!(new.summary.samples.ok, 2, "fresh state");
+        assert_eq!(new.retired.map(|r| r.reason), Some(RetiredReason::Removed));
+        assert_eq!(added.active_from, Some(Timestamp(4500)));
+        assert_eq!(added.summary.samples.ok, 0);
+        let revisions = &report.run.config_revisions;
+        assert_eq!(revisions.len(), 3);
+        assert_eq!(revisions[0].changed, ["cluster-check"]);
+        assert!(revisions[0].added.is_empty() && revisions[0].removed.is_empty());
+        assert_eq!(revisions[1].added, ["added"]);
+        assert_eq!(revisions[1].removed, ["cluster-check"]);
+        assert_eq!(revisions[2].result, RevisionResult::Refused);
+        assert_eq!(revisions[2].hash.as_deref(), Some("bad"));
+
+        let schema: serde_json::Value = serde_json::from_str(crate::report::JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+        assert_eq!(json["invariants"][1]["retired"]["reason"], "changed");
+        assert!(json["invariants"][0].get("retired").is_none());
+    }
 }

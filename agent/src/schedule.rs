@@ -459,4 +459,53 @@ mod tests {
         );
         assert_eq!(first_tick_after(start, second, start + second * 4), 5);
     }
+
+    /// Jobs started and stopped while running: the others keep their grid untouched.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_start_and_stop_on_control_without_disturbing_the_others() {
+        let (tx, mut events) = mpsc::channel(64);
+        let (control, control_rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let scheduler = tokio::spawn(run(
+            vec![job(None)],
+            Limits::default(),
+            tx,
+            shutdown.clone(),
+            Some(control_rx),
+        ));
+        let mut per_invariant = [0u32; 3];
+        let mut collect =
+            async |events: &mut mpsc::Receiver<Event>, ms: u64, counts: &mut [u32; 3]| {
+                let until = Instant::now() + Duration::from_millis(ms);
+                while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+                    match event {
+                        Event::Sample { invariant, .. } => counts[invariant] += 1,
+                        Event::Missed { .. } => panic!("nothing may be missed"),
+                    }
+                }
+            };
+        collect(&mut events, 5500, &mut per_invariant).await;
+        control
+            .send(Control::Start(vec![
+                Job {
+                    invariant: 1,
+                    ..job(None)
+                },
+                Job {
+                    invariant: 2,
+                    ..job(None)
+                },
+            ]))
+            .await
+            .unwrap();
+        collect(&mut events, 5000, &mut per_invariant).await;
+        control.send(Control::Stop(vec![2])).await.unwrap();
+        collect(&mut events, 5000, &mut per_invariant).await;
+        // 15.5 s at 1/s for the first job, 10 s for the second, 5 s for the third.
+        assert!((15..=16).contains(&per_invariant[0]), "{per_invariant:?}");
+        assert!((9..=11).contains(&per_invariant[1]), "{per_invariant:?}");
+        assert!((4..=6).contains(&per_invariant[2]), "{per_invariant:?}");
+        shutdown.cancel();
+        scheduler.await.unwrap();
+    }
 }

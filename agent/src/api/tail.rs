@@ -545,4 +545,96 @@ invariants:
         assert_eq!(edit_distance("same", "same"), 0);
         assert!(!is_close("etcd", "apiserver-readyz"));
     }
+
+    /// After a configuration change, an open stream follows the new invariants its
+    /// filter selects (a changed invariant under its name, at its new index) and new
+    /// requests and GetStatus know only the running set.
+    #[tokio::test]
+    async fn streams_and_plans_follow_a_configuration_change() {
+        use crate::engine::SampleObserver;
+        use crate::sample::{Observation, Sample, Timestamp};
+        use futures_util::StreamExt;
+        use proto::tail_response::Event;
+
+        let mut f = feed();
+        let sample = |at| Sample {
+            at: Timestamp(at),
+            latency: std::time::Duration::from_millis(1),
+            observation: Observation::Ok { value: None },
+        };
+        let by_name = proto::TailRequest {
+            invariants: vec!["dns-resolves".into()],
+            ..Default::default()
+        };
+        let (_, snapshots) = tokio::sync::watch::channel(None);
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
+        let mut dns = stream(
+            &f,
+            plan(&by_name, &f).unwrap(),
+            &snapshots,
+            permits.clone().try_acquire_owned().unwrap(),
+        );
+        let mut all = stream(
+            &f,
+            plan(&proto::TailRequest::default(), &f).unwrap(),
+            &snapshots,
+            permits.clone().try_acquire_owned().unwrap(),
+        );
+        // dns-resolves changed (now index 2), apiserver-readyz removed, `etcd` added (3).
+        let set = crate::config::parse_str("f.yaml", FILE).unwrap();
+        let mut etcd = set.invariants[0].clone();
+        etcd.name = "etcd".into();
+        f.on_invariants_changed(&[(2, set.invariants[1].clone()), (3, etcd)], &[0, 1]);
+        f.on_sample(2, &sample(10));
+        f.on_sample(3, &sample(20));
+        f.end();
+        async fn events(stream: &mut TailStream) -> Vec<String> {
+            let mut seen = Vec::new();
+            while let Some(Ok(response)) = stream.next().await {
+                seen.push(match response.event.unwrap() {
+                    Event::Snapshot(s) => format!("snapshot {}", s.invariants.len()),
+                    Event::Sample(s) => format!("sample {}", s.invariant),
+                    Event::Live(_) => "live".into(),
+                    Event::RunEnded(_) => "end".into(),
+                    other => format!("{other:?}"),
+                });
+            }
+            seen
+        }
+        assert_eq!(
+            events(&mut dns).await,
+            ["snapshot 1", "live", "sample dns-resolves", "end"]
+        );
+        assert_eq!(
+            events(&mut all).await,
+            [
+                "snapshot 2",
+                "live",
+                "sample dns-resolves",
+                "sample etcd",
+                "end"
+            ]
+        );
+
+        let removed = proto::TailRequest {
+            invariants: vec!["apiserver-readyz".into()],
+            ..Default::default()
+        };
+        let e = plan(&removed, &f).unwrap_err();
+        assert!(
+            e.message()
+                .ends_with("This agent watches: dns-resolves, etcd"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            plan(&by_name, &f).unwrap().wanted,
+            [false, false, true, false]
+        );
+        let live: Vec<usize> = f.live().iter().map(|(i, _)| *i).collect();
+        assert_eq!(live, [2, 3], "GetStatus shows the running invariants");
+        let statuses = f.statuses(&f.live(), &snapshots);
+        assert_eq!(statuses[0].name, "dns-resolves");
+        assert_eq!(statuses[0].samples_ok, 1);
+    }
 }
