@@ -127,7 +127,9 @@ pub async fn run(
     let mut tickers = tokio::task::JoinSet::new();
     // Per invariant index: what stops its job (a child of `shutdown`).
     let mut stops = std::collections::HashMap::new();
-    let mut start = |jobs: Vec<Job>, stops: &mut std::collections::HashMap<usize, _>| {
+    let start = |jobs: Vec<Job>,
+                 tickers: &mut tokio::task::JoinSet<()>,
+                 stops: &mut std::collections::HashMap<usize, CancellationToken>| {
         for job in jobs {
             let stop = shutdown.child_token();
             stops.insert(job.invariant, stop.clone());
@@ -141,11 +143,11 @@ pub async fn run(
             ));
         }
     };
-    start(jobs, &mut stops);
+    start(jobs, &mut tickers, &mut stops);
     loop {
         tokio::select! {
             change = next_control(&mut control) => match change {
-                Some(Control::Start(jobs)) => start(jobs, &mut stops),
+                Some(Control::Start(jobs)) => start(jobs, &mut tickers, &mut stops),
                 Some(Control::Stop(indices)) => {
                     for index in indices {
                         if let Some(stop) = stops.remove(&index) {
@@ -155,12 +157,13 @@ pub async fn run(
                 }
                 None => control = None,
             },
+            // Reaps the tasks of stopped jobs.
+            Some(_) = tickers.join_next(), if !tickers.is_empty() => {}
             _ = shutdown.cancelled() => break,
             // Every job returns once the engine is gone: nothing more can be delivered.
             _ = events.closed() => break,
         }
     }
-    drop(start);
     while tickers.join_next().await.is_some() {}
     samples.close();
     if tokio::time::timeout(limits.shutdown_grace, samples.wait())
@@ -474,16 +477,15 @@ mod tests {
             Some(control_rx),
         ));
         let mut per_invariant = [0u32; 3];
-        let mut collect =
-            async |events: &mut mpsc::Receiver<Event>, ms: u64, counts: &mut [u32; 3]| {
-                let until = Instant::now() + Duration::from_millis(ms);
-                while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
-                    match event {
-                        Event::Sample { invariant, .. } => counts[invariant] += 1,
-                        Event::Missed { .. } => panic!("nothing may be missed"),
-                    }
+        let collect = async |events: &mut mpsc::Receiver<Event>, ms: u64, counts: &mut [u32; 3]| {
+            let until = Instant::now() + Duration::from_millis(ms);
+            while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+                match event {
+                    Event::Sample { invariant, .. } => counts[invariant] += 1,
+                    Event::Missed { .. } => panic!("nothing may be missed"),
                 }
-            };
+            }
+        };
         collect(&mut events, 5500, &mut per_invariant).await;
         control
             .send(Control::Start(vec![

@@ -334,6 +334,22 @@ async fn a_configmap_update_applies_without_a_gap_and_an_invalid_one_is_refused(
     );
     assert_eq!(report["invariants"].as_array().unwrap().len(), 5);
 
+    // The summary on stdout says which entries ran only part of the run.
+    for expected in [
+        "config change applied at ",
+        "config change refused at ",
+        "removed (removed at ",
+        "changed (changed at ",
+        "changed (from ",
+        "added (from ",
+    ] {
+        assert!(
+            done.stdout.contains(expected),
+            "missing {expected:?} in:\n{}",
+            done.stdout
+        );
+    }
+
     // /metrics: the running set, and the refusal.
     assert!(text.contains("invariant_agent_config_refused 1"), "{text}");
     assert!(

@@ -185,6 +185,16 @@ pub enum RetiredReason {
     Changed,
 }
 
+impl RetiredReason {
+    /// The snake_case name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetiredReason::Removed => "removed",
+            RetiredReason::Changed => "changed",
+        }
+    }
+}
+
 /// When and why an invariant's entry stopped sampling before the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retired {
