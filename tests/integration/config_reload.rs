@@ -468,3 +468,106 @@ fn an_invalid_file_at_start_exits_1_naming_file_line_field_and_problem() {
     );
     assert!(!ws.report_dir().join("report.json").exists());
 }
+
+/// Through the official OpenTelemetry Collector: an invariant added by a configuration
+/// change is exported (its counters and probe durations) with the attributes from the
+/// file, the unchanged one's counter carries on without a reset, and the removed one's
+/// series stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_follows_a_configuration_change() {
+    use crate::export_support::{Collector, OtlpSink, series};
+
+    let sink = OtlpSink::start().await;
+    let collector = Collector::otelcol(sink.addr).await;
+    let server = RecordingServer::start().await;
+    let ws = Workspace::new();
+    let path = ws.path("invariants.yaml");
+    let replace = |text: &str| {
+        let tmp = ws.path("invariants.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    replace(&file(&[
+        invariant("kept", "200ms", &server),
+        invariant("removed", "200ms", &server),
+    ]));
+    let agent = spawn_agent(
+        &ws,
+        &path,
+        &[
+            "--config-poll-interval",
+            "300ms",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--export-interval",
+            "500ms",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    replace(&file(&[
+        invariant("kept", "200ms", &server),
+        invariant("added", "200ms", &server),
+    ]));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    signal(agent.id().unwrap(), "TERM");
+    let done = wait(agent).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let report = ws.report();
+    let at = ms(&report["run"]["config_revisions"][0]["at"]) as u64 * 1_000_000;
+    // The collector forwards what it has within its own batch time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let points = sink.points();
+    let attrs = |name: &str, outcome: Option<&str>| {
+        let mut a: std::collections::BTreeMap<String, String> =
+            [("invariant", name), ("owner", "test"), ("case", "reload")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        if let Some(o) = outcome {
+            a.insert("outcome".into(), o.into());
+        }
+        a
+    };
+    let samples = |name: &str| series(&points, "invariant.samples", &attrs(name, Some("ok")));
+
+    let added = samples("added");
+    let last = added
+        .last()
+        .unwrap_or_else(|| panic!("no samples of `added` exported"));
+    assert_eq!(
+        last.data.number() as i64,
+        entries(&report, "added")[0]["samples"]["ok"]
+            .as_i64()
+            .unwrap(),
+        "the final export carries the report's count"
+    );
+    assert!(
+        series(
+            &points,
+            "invariant.probe.duration",
+            &attrs("added", Some("ok"))
+        )
+        .last()
+        .is_some(),
+        "probe durations of `added` are exported"
+    );
+
+    let kept = samples("kept");
+    assert!(
+        kept.windows(2)
+            .all(|w| w[0].data.number() <= w[1].data.number())
+    );
+    assert!(kept.first().unwrap().time < at && kept.last().unwrap().time > at);
+    let removed = samples("removed");
+    assert!(!removed.is_empty());
+    assert!(
+        removed.iter().all(|p| p.time < at + 1_000_000_000),
+        "`removed` is exported until the change only"
+    );
+    let refused = series(
+        &points,
+        "invariant.agent.config.refused",
+        &Default::default(),
+    );
+    assert_eq!(refused.last().map(|p| p.data.number()), Some(0.0));
+}
