@@ -68,7 +68,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Watch the invariants in the given files until SIGTERM/SIGINT or --duration, then
     /// write the final report. The report is also checkpointed while running, so a killed
-    /// run still leaves one behind (with "status": "running").
+    /// run still leaves one behind (with "status": "running"). Changed invariant files are
+    /// applied while running (see --config-poll-interval; SIGHUP reloads at once); an
+    /// invalid change is refused and the running invariants go on.
     Run(RunArgs),
     /// Check invariant files and print every problem as FILE:LINE:COLUMN: FIELD: PROBLEM.
     /// Exits 1 when any file is invalid.

@@ -221,6 +221,7 @@ impl Reloader {
         };
         let mut jobs = Vec::new();
         for invariant in diff.starting() {
+            // The index is the engine's to assign, when it applies the change.
             match crate::run::job(usize::MAX, invariant, &self.probes, gate.as_ref()) {
                 Ok(job) => jobs.push((invariant.clone(), job)),
                 Err(e) => problems.push(e.to_string()),
@@ -261,15 +262,10 @@ impl Reloader {
         let Ok(indices) = started.await else {
             return;
         };
-        let _ = self.control.send(Control::Stop(stopping.clone())).await;
+        let _ = self.control.send(Control::Stop(stopping)).await;
+        // What runs now: the kept invariants as now declared, then the started ones.
+        self.running = kept;
         let mut start = Vec::with_capacity(jobs.len());
-        self.running.retain(|(index, _)| !stopping.contains(index));
-        for (running, (_, now)) in self.running.iter_mut().filter_map(|r| {
-            let now = kept.iter().find(|(index, _)| *index == r.0)?;
-            Some((r, now))
-        }) {
-            running.1.source = now.source.clone();
-        }
         for (index, (invariant, mut job)) in indices.into_iter().zip(jobs) {
             job.invariant = index;
             start.push(job);
