@@ -338,3 +338,139 @@ pub fn listen_for_hangup() -> Option<tokio::signal::unix::Signal> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(names: &[(&str, &str)]) -> String {
+        let mut text =
+            "apiVersion: invariant-agent/v1alpha1\nkind: InvariantSet\ninvariants:\n".to_string();
+        for (name, scope) in names {
+            text.push_str(&format!(
+                "  - name: {name}\n    description: d\n    owner: o\n    scope: {scope}\n    \
+                 probe: {{http: {{url: \"http://127.0.0.1:1/\"}}}}\n    \
+                 condition: {{availability: {{target: 100, window: 1m}}}}\n"
+            ));
+        }
+        text
+    }
+
+    struct Harness {
+        reloader: Reloader,
+        commands: mpsc::Receiver<Command>,
+        control: mpsc::Receiver<Control>,
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(election: Election) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.yaml");
+        std::fs::write(&path, file(&[("a", "node")])).unwrap();
+        let contents = FileContents::read(std::slice::from_ref(&path));
+        let set = contents.load().unwrap();
+        let (commands_tx, commands) = mpsc::channel(8);
+        let (control_tx, control) = mpsc::channel(8);
+        let reloader = Reloader {
+            options: ReloadOptions {
+                files: vec![path.clone()],
+                poll: None,
+                hash: contents.hash(),
+            },
+            running: set.invariants.into_iter().enumerate().collect(),
+            probes: ProbeContext::default(),
+            kube: crate::kube::KubeArgs::default(),
+            election,
+            commands: commands_tx,
+            control: control_tx,
+        };
+        Harness {
+            reloader,
+            commands,
+            control,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// An unchanged file does nothing; an invalid one, or a cluster-scoped invariant
+    /// without the leader election it needs, is refused with the problems named and
+    /// nothing sent to the scheduler; the same content is not judged twice.
+    #[tokio::test]
+    async fn invalid_changes_are_refused_once_and_touch_nothing() {
+        let mut h = harness(Election::NotStarted);
+        h.reloader.check(Trigger::Poll).await;
+        assert!(h.commands.try_recv().is_err(), "unchanged: nothing to do");
+
+        std::fs::write(&h.path, "kind: Nonsense\n").unwrap();
+        h.reloader.check(Trigger::Poll).await;
+        let Ok(Command::RefuseConfig(revision)) = h.commands.try_recv() else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(revision.result, RevisionResult::Refused);
+        assert!(
+            revision
+                .problems
+                .iter()
+                .all(|p| p.starts_with(&h.path.display().to_string())),
+            "{:?}",
+            revision.problems
+        );
+        h.reloader.check(Trigger::Poll).await;
+        assert!(
+            h.commands.try_recv().is_err(),
+            "the same content is refused once"
+        );
+
+        std::fs::write(&h.path, file(&[("a", "node"), ("b", "cluster")])).unwrap();
+        h.reloader.check(Trigger::Hangup).await;
+        let Ok(Command::RefuseConfig(revision)) = h.commands.try_recv() else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(revision.problems.len(), 1);
+        assert!(
+            revision.problems[0]
+                .contains("\"b\" is cluster-scoped, but leader election did not start"),
+            "{}",
+            revision.problems[0]
+        );
+        assert!(
+            h.control.try_recv().is_err(),
+            "the scheduler is not touched"
+        );
+        assert_eq!(h.reloader.running.len(), 1);
+    }
+
+    /// A valid change goes to the engine first; then the retired jobs stop and the new
+    /// ones start at the indices the engine gave them.
+    #[tokio::test]
+    async fn a_valid_change_is_applied_by_the_engine_then_the_scheduler() {
+        let mut h = harness(Election::Off);
+        std::fs::write(&h.path, file(&[("b", "node"), ("a", "cluster")])).unwrap();
+        let engine = async {
+            let Some(Command::Reconfigure(change, reply)) = h.commands.recv().await else {
+                panic!("expected a reconfiguration")
+            };
+            assert_eq!(change.diff.changed.len(), 1, "a's scope changed");
+            assert_eq!(change.diff.added.len(), 1);
+            reply.send(vec![1, 2]).unwrap();
+        };
+        tokio::join!(h.reloader.check(Trigger::Poll), engine);
+        let Ok(Control::Stop(stopped)) = h.control.try_recv() else {
+            panic!("expected stops")
+        };
+        assert_eq!(stopped, [0]);
+        let Ok(Control::Start(jobs)) = h.control.try_recv() else {
+            panic!("expected starts")
+        };
+        assert_eq!(jobs.iter().map(|j| j.invariant).collect::<Vec<_>>(), [1, 2]);
+        let running: Vec<(usize, &str)> = h
+            .reloader
+            .running
+            .iter()
+            .map(|(i, inv)| (*i, inv.name.as_str()))
+            .collect();
+        assert_eq!(running, [(1, "b"), (2, "a")]);
+    }
+}
