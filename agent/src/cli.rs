@@ -68,7 +68,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Watch the invariants in the given files until SIGTERM/SIGINT or --duration, then
     /// write the final report. The report is also checkpointed while running, so a killed
-    /// run still leaves one behind (with "status": "running").
+    /// run still leaves one behind (with "status": "running"). Changed invariant files are
+    /// applied while running (see --config-poll-interval; SIGHUP reloads at once); an
+    /// invalid change is refused and the running invariants go on.
     Run(RunArgs),
     /// Check invariant files and print every problem as FILE:LINE:COLUMN: FIELD: PROBLEM.
     /// Exits 1 when any file is invalid.
@@ -115,6 +117,9 @@ pub struct RunArgs {
     /// Common run flags.
     #[command(flatten)]
     pub common: CommonRunArgs,
+    /// Applying changed invariant files while running.
+    #[command(flatten)]
+    pub reload: crate::reload::ReloadArgs,
     /// Exit with code 3 when any invariant was violated. Off by default: invariants are
     /// informational and never fail a suite unless asked.
     #[arg(long)]
@@ -245,8 +250,10 @@ fn docs(files: &[PathBuf]) -> ExitCode {
 
 fn run_command(args: RunArgs) -> ExitCode {
     // Configuration is loaded and validated before anything is started or bound, so a bad
-    // file fails fast with every problem named.
-    let set = match config::load_files(&args.config) {
+    // file fails fast with every problem named. The bytes loaded are the ones hashed, to
+    // tell a later change of the files.
+    let contents = config::FileContents::read(&args.config);
+    let set = match contents.load() {
         Ok(set) => set,
         Err(errors) => {
             eprintln!("{errors}");
@@ -259,7 +266,9 @@ fn run_command(args: RunArgs) -> ExitCode {
         .map(|p| p.display().to_string())
         .collect();
     let fail_on_violation = args.fail_on_violation;
-    let options = run_options(set, names, args.common, None);
+    let reload = crate::reload::ReloadOptions::new(args.config, &contents, &args.reload);
+    let mut options = run_options(set, names, args.common, None);
+    options.reload = Some(reload);
     execute_run(options, fail_on_violation)
 }
 
@@ -286,6 +295,7 @@ pub fn run_options(
         api: common.api,
         kube: common.kube,
         leader_elect: common.leader_elect,
+        reload: None,
     }
 }
 

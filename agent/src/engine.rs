@@ -15,10 +15,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::spec::Scope;
 use crate::config::{Invariant, InvariantSet};
 use crate::eval::{Evaluator, State, Transition};
+use crate::reload::Diff;
 use crate::report::attribution::Attributor;
 use crate::report::{
-    Annotation, AnnotationLog, InvariantReport, Leadership, LeadershipInterval, Report, RunContext,
-    RunInfo, RunStatus,
+    Annotation, AnnotationLog, ConfigRevision, InvariantReport, Leadership, LeadershipInterval,
+    Report, Retired, RetiredReason, RevisionResult, RunContext, RunInfo, RunStatus,
 };
 use crate::sample::{Sample, Timestamp};
 use crate::schedule::Event;
@@ -53,6 +54,12 @@ pub trait SampleObserver: Send {
 
     /// Called on every state change of `invariant`, from a sample or from time passing.
     fn on_transition(&mut self, _invariant: usize, _transition: &Transition) {}
+
+    /// Called when a configuration change started invariants at new indices (`started`,
+    /// each with its declaration; always past every index seen before) and stopped the
+    /// invariants at `stopped`. Indices are never reused, so events of a stopped
+    /// invariant still in flight keep meaning what they meant.
+    fn on_invariants_changed(&mut self, _started: &[(usize, Invariant)], _stopped: &[usize]) {}
 }
 
 /// A request to the engine from outside its task (the gRPC API, `run`'s shutdown).
@@ -63,18 +70,43 @@ pub enum Command {
     /// Record an annotation (see [`Engine::annotate`]); the sender, if any, learns when
     /// it was applied.
     Annotate(Annotation, Option<oneshot::Sender<()>>),
+    /// Apply a configuration change (see [`Engine::reconfigure`]); the reply says at which
+    /// indices the starting invariants run.
+    Reconfigure(Box<Reconfigure>, oneshot::Sender<Vec<usize>>),
+    /// Record a configuration change that was refused (see [`Engine::refused`]).
+    RefuseConfig(ConfigRevision),
     /// Build a report now (status `running`), publish it as the latest snapshot and send
     /// it back. After the run ended the reply is the final report.
     Report(oneshot::Sender<Arc<Report>>),
 }
+
+/// A valid configuration change for the engine to apply.
+#[derive(Debug)]
+pub struct Reconfigure {
+    /// What changes against the invariants running now.
+    pub diff: Diff,
+    /// SHA-256 of the new files (see [`crate::config::FileContents::hash`]).
+    pub hash: Option<String>,
+    /// When the new files were read.
+    pub at: Timestamp,
+}
+
+/// Most configuration revisions a report keeps: the first ones and, beyond, a count.
+pub const MAX_CONFIG_REVISIONS: usize = 100;
 
 /// The latest report snapshot, published by the engine (`None` until the first).
 pub type Snapshots = watch::Receiver<Option<Arc<Report>>>;
 
 /// All evaluation state of a run.
 pub struct Engine {
+    /// Every invariant that ran in this run, by index; a configuration change appends
+    /// and retires, never removes, so indices held elsewhere stay valid.
     invariants: Vec<Invariant>,
     evaluators: Vec<Evaluator>,
+    /// When each invariant ran, if not the whole run (parallel to `invariants`).
+    lifetimes: Vec<Lifetime>,
+    /// Configuration changes seen while running, oldest first.
+    revisions: Vec<ConfigRevision>,
     meta: RunMeta,
     observers: Vec<Box<dyn SampleObserver>>,
     /// CI job, build and cluster, for the report.
@@ -85,6 +117,15 @@ pub struct Engine {
     attributor: Attributor,
     /// Leader election, when on (see [`Engine::follow_leadership`]).
     election: Option<Election>,
+}
+
+/// The part of the run an invariant ran in, when not all of it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lifetime {
+    /// Started by a configuration change at this time.
+    from: Option<Timestamp>,
+    /// Stopped by a configuration change.
+    retired: Option<Retired>,
 }
 
 /// Leader election as the engine sees it: when this agent led, and the channel that says
@@ -105,6 +146,8 @@ impl Engine {
         Engine {
             invariants: set.invariants.clone(),
             evaluators,
+            lifetimes: vec![Lifetime::default(); set.invariants.len()],
+            revisions: Vec::new(),
             meta,
             observers: Vec::new(),
             context: RunContext::default(),
@@ -221,6 +264,9 @@ impl Engine {
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Sample { invariant, sample } => {
+                if self.retired_before(invariant, sample.at) {
+                    return;
+                }
                 if self.gated(invariant) {
                     self.cover(sample.at);
                 }
@@ -235,6 +281,9 @@ impl Engine {
                 }
             }
             Event::Missed { invariant, at } => {
+                if self.retired_before(invariant, at) {
+                    return;
+                }
                 let Some(evaluator) = self.evaluators.get_mut(invariant) else {
                     return;
                 };
@@ -254,7 +303,7 @@ impl Engine {
     pub fn advance(&mut self, now: Timestamp) {
         for invariant in 0..self.evaluators.len() {
             // Not sampled here now: a `for` duration must not elapse without evidence.
-            if self.paused(invariant) {
+            if self.paused(invariant) || self.lifetimes[invariant].retired.is_some() {
                 continue;
             }
             if let Some(t) = self.evaluators[invariant].advance(now) {
@@ -288,13 +337,18 @@ impl Engine {
             .invariants
             .iter()
             .zip(&self.evaluators)
-            .map(|(i, e)| {
-                let mut entry = InvariantReport::new(i, e.summary(now));
+            .zip(&self.lifetimes)
+            .map(|((i, e), lifetime)| {
+                // A retired entry's numbers stop when it did.
+                let until = lifetime.retired.map_or(now, |r| r.at.min(now));
+                let mut entry = InvariantReport::new(i, e.summary(until));
                 if i.scope == Scope::Cluster
                     && let Some(leadership) = &leadership
                 {
                     entry.note = Some(leadership_note(leadership, now, self.meta.started_at));
                 }
+                entry.active_from = lifetime.from;
+                entry.retired = lifetime.retired;
                 entry
             })
             .collect();
@@ -311,6 +365,7 @@ impl Engine {
             node: self.meta.node.clone(),
             leadership,
             gaps: Vec::new(),
+            config_revisions: self.revisions.clone(),
         };
         let mut report = Report::new(run, invariants);
         if !self.annotations.items().is_empty() || self.annotations.dropped() > 0 {
@@ -322,6 +377,119 @@ impl Engine {
             self.attributor.apply(&mut report);
         }
         report
+    }
+}
+
+impl Engine {
+    /// The invariants running now (not retired), with their indices.
+    pub fn running(&self) -> Vec<(usize, Invariant)> {
+        self.invariants
+            .iter()
+            .zip(&self.lifetimes)
+            .enumerate()
+            .filter(|(_, (_, l))| l.retired.is_none())
+            .map(|(index, (i, _))| (index, i.clone()))
+            .collect()
+    }
+
+    /// Applies a valid configuration change at `change.at`, all at once between two
+    /// events: kept invariants run on untouched (only where they are declared may move);
+    /// removed ones are retired, their entries kept with the time; changed ones are
+    /// retired and started again at a new index with fresh state; added ones start at
+    /// new indices. Returns the indices of the starting invariants, in
+    /// [`Diff::starting`] order, for the scheduler.
+    pub fn reconfigure(&mut self, change: Reconfigure) -> Vec<usize> {
+        let Reconfigure { diff, hash, at } = change;
+        let name = |engine: &Engine, index: usize| engine.invariants[index].name.clone();
+        for (index, invariant) in &diff.kept {
+            if let Some(running) = self.invariants.get_mut(*index) {
+                running.source = invariant.source.clone();
+            }
+        }
+        let mut stopped = Vec::new();
+        for index in &diff.removed {
+            self.retire(*index, at, RetiredReason::Removed, &mut stopped);
+        }
+        for (index, _) in &diff.changed {
+            self.retire(*index, at, RetiredReason::Changed, &mut stopped);
+        }
+        let mut started = Vec::new();
+        for invariant in diff.starting() {
+            let index = self.invariants.len();
+            self.invariants.push(invariant.clone());
+            self.evaluators
+                .push(Evaluator::new(&invariant.condition, invariant.interval));
+            self.lifetimes.push(Lifetime {
+                from: Some(at),
+                retired: None,
+            });
+            started.push((index, invariant.clone()));
+        }
+        let revision = ConfigRevision {
+            at,
+            hash,
+            result: RevisionResult::Applied,
+            added: diff.added.iter().map(|i| i.name.clone()).collect(),
+            changed: diff.changed.iter().map(|(_, i)| i.name.clone()).collect(),
+            removed: diff.removed.iter().map(|i| name(self, *i)).collect(),
+            problems: Vec::new(),
+        };
+        tracing::info!(
+            hash = revision.hash.as_deref().unwrap_or("-"),
+            added = ?revision.added,
+            changed = ?revision.changed,
+            removed = ?revision.removed,
+            kept = diff.kept.len(),
+            "configuration change applied; unchanged invariants run on untouched"
+        );
+        self.record_revision(revision);
+        for observer in &mut self.observers {
+            observer.on_invariants_changed(&started, &stopped);
+        }
+        started.into_iter().map(|(index, _)| index).collect()
+    }
+
+    /// Records a configuration change that was refused: nothing else changes.
+    pub fn refused(&mut self, revision: ConfigRevision) {
+        self.record_revision(revision);
+    }
+
+    fn record_revision(&mut self, revision: ConfigRevision) {
+        if self.revisions.len() < MAX_CONFIG_REVISIONS {
+            self.revisions.push(revision);
+        } else if let Some(last) = self.revisions.last_mut() {
+            // The newest one always shows what is in effect (or was last refused).
+            *last = revision;
+        }
+    }
+
+    /// Retires the running invariant at `index` at `at`, once.
+    fn retire(&mut self, index: usize, at: Timestamp, reason: RetiredReason, out: &mut Vec<usize>) {
+        if self
+            .lifetimes
+            .get(index)
+            .is_none_or(|l| l.retired.is_some())
+        {
+            return;
+        }
+        // Time-based state is brought up to the retirement first, so the entry ends as it
+        // stood then.
+        if !self.paused(index)
+            && let Some(t) = self.evaluators[index].advance(at)
+        {
+            self.on_transition(index, &t);
+        }
+        self.lifetimes[index].retired = Some(Retired { at, reason });
+        out.push(index);
+    }
+
+    /// Whether the invariant at `index` was retired before `at` (an event of it still in
+    /// flight then is not counted).
+    fn retired_before(&self, index: usize, at: Timestamp) -> bool {
+        self.lifetimes
+            .get(index)
+            .and_then(|l| l.retired)
+            .is_some_and(|r| at > r.at)
     }
 }
 
@@ -456,6 +624,13 @@ impl Engine {
             Command::Report(reply) => {
                 let _ = reply.send(self.publish(snapshots, status));
             }
+            Command::Reconfigure(change, reply) => {
+                let started = self.reconfigure(*change);
+                // Published at once: GetStatus and the exporters see the new set now.
+                self.publish(snapshots, status);
+                let _ = reply.send(started);
+            }
+            Command::RefuseConfig(revision) => self.refused(revision),
         }
     }
 
@@ -782,5 +957,168 @@ invariants:
             .send(Command::Report(oneshot::channel().0))
             .await;
         assert!(late.is_err(), "after the end, commands fail to send");
+    }
+
+    const RELOADED: &str = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: added
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+  - name: api
+    description: d
+    owner: o
+    interval: 1s
+    probe: {http: {url: "http://127.0.0.1:1/"}}
+    condition: {availability: {target: 100, window: 1m}}
+    expectedDisruptions: ['\[Disruptive\]']
+"#;
+
+    /// Records which invariants observers are told started and stopped.
+    struct Changes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl SampleObserver for Changes {
+        fn on_sample(&mut self, _: usize, _: &Sample) {}
+        fn on_invariants_changed(&mut self, started: &[(usize, Invariant)], stopped: &[usize]) {
+            let started: Vec<String> = started
+                .iter()
+                .map(|(i, inv)| format!("{i}={}", inv.name))
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("started {started:?} stopped {stopped:?}"));
+        }
+    }
+
+    /// A kept invariant runs on with its state (its samples before and after the change
+    /// are one series); a changed one is retired with its history and restarts fresh at a
+    /// new index; a removed one is retired; an added one starts; samples of a retired one
+    /// taken after the change are not counted; the report records the revision.
+    #[test]
+    fn a_configuration_change_keeps_unchanged_invariants_and_retires_the_rest() {
+        let set = crate::config::parse_str("f.yaml", SCOPED).unwrap();
+        let meta = RunMeta {
+            id: "r".into(),
+            started_at: Timestamp(0),
+            config_files: vec![],
+            node: None,
+        };
+        let mut engine = Engine::new(&set, meta);
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        engine.observe(Box::new(Changes(told.clone())));
+        for at in [0, 1000, 2000] {
+            engine.handle(value(0, at, 0.0));
+            engine.handle(value(1, at, 5.0));
+        }
+        // A new file: node-check as it was (on another line), cluster-check with another
+        // interval.
+        let mut new_set = crate::config::parse_str("g.yaml", SCOPED).unwrap();
+        new_set.invariants.truncate(1);
+        new_set.invariants[0].source = "g.yaml:9:5".into();
+        let mut changed = new_set.invariants[0].clone();
+        changed.name = "cluster-check".into();
+        changed.interval = Duration::from_secs(2);
+        new_set.invariants.push(changed);
+        let running = engine.running();
+        let diff = crate::reload::diff(&running, &new_set);
+        assert_eq!(diff.kept.len(), 1);
+        assert_eq!(diff.changed.len(), 1);
+        let started = engine.reconfigure(Reconfigure {
+            diff,
+            hash: Some("abc".into()),
+            at: Timestamp(2500),
+        });
+        assert_eq!(started, [2]);
+        assert_eq!(
+            *told.lock().unwrap(),
+            ["started [\"2=cluster-check\"] stopped [1]"]
+        );
+        for at in [3000, 4000] {
+            engine.handle(value(0, at, 0.0));
+            engine.handle(value(1, at, 5.0)); // in flight from the old job: not counted
+            engine.handle(value(2, at, 0.0));
+        }
+        // Then the new file drops cluster-check and adds `added`.
+        let third = crate::config::parse_str("h.yaml", RELOADED).unwrap();
+        let mut third_set = InvariantSet {
+            invariants: vec![third.invariants[0].clone()],
+        };
+        third_set.invariants.push(engine.running()[0].1.clone());
+        let diff = crate::reload::diff(&engine.running(), &third_set);
+        assert_eq!(diff.removed, [2]);
+        let started = engine.reconfigure(Reconfigure {
+            diff,
+            hash: Some("def".into()),
+            at: Timestamp(4500),
+        });
+        assert_eq!(started, [3]);
+        engine.refused(ConfigRevision {
+            at: Timestamp(5000),
+            hash: Some("bad".into()),
+            result: RevisionResult::Refused,
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            problems: vec!["h.yaml:1:1: kind: must be InvariantSet".into()],
+        });
+        engine.handle(value(0, 5000, 0.0));
+
+        let report = engine.report(Timestamp(6000), RunStatus::Completed);
+        let names: Vec<&str> = report.invariants.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["node-check", "cluster-check", "cluster-check", "added"]
+        );
+        let [kept, old, new, added] = &report.invariants[..] else {
+            unreachable!()
+        };
+        assert_eq!(kept.summary.samples.ok, 6, "one series across both changes");
+        assert_eq!((kept.active_from, kept.retired), (None, None));
+        assert_eq!(kept.source, "g.yaml:9:5", "where it is declared now");
+        assert_eq!(
+            old.summary.samples.ok, 3,
+            "the samples after the change are not its"
+        );
+        assert_eq!(
+            old.retired,
+            Some(Retired {
+                at: Timestamp(2500),
+                reason: RetiredReason::Changed
+            })
+        );
+        assert_eq!(
+            old.summary.state,
+            State::Pending,
+            "as it stood when retired"
+        );
+        assert_eq!(new.active_from, Some(Timestamp(2500)));
+        assert_eq!(new.interval_seconds, 2.0);
+        assert_eq!(new.summary.samples.ok, 2, "fresh state");
+        assert_eq!(new.retired.map(|r| r.reason), Some(RetiredReason::Removed));
+        assert_eq!(added.active_from, Some(Timestamp(4500)));
+        assert_eq!(added.summary.samples.ok, 0);
+        let revisions = &report.run.config_revisions;
+        assert_eq!(revisions.len(), 3);
+        assert_eq!(revisions[0].changed, ["cluster-check"]);
+        assert!(revisions[0].added.is_empty() && revisions[0].removed.is_empty());
+        assert_eq!(revisions[1].added, ["added"]);
+        assert_eq!(revisions[1].removed, ["cluster-check"]);
+        assert_eq!(revisions[2].result, RevisionResult::Refused);
+        assert_eq!(revisions[2].hash.as_deref(), Some("bad"));
+
+        let schema: serde_json::Value = serde_json::from_str(crate::report::JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+        assert_eq!(json["invariants"][1]["retired"]["reason"], "changed");
+        assert!(json["invariants"][0].get("retired").is_none());
     }
 }

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod export;
 pub mod kube;
 pub mod probe;
+pub mod reload;
 pub mod report;
 pub mod run;
 pub mod sample;

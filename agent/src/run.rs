@@ -51,6 +51,9 @@ pub struct RunOptions {
     /// Leader election: whether only the agent holding a Lease runs cluster-scoped
     /// invariants.
     pub leader_elect: crate::kube::lease::LeaderElectArgs,
+    /// Where the invariants came from, to apply changes while running; `None` when they
+    /// cannot change (the demo's embedded file).
+    pub reload: Option<crate::reload::ReloadOptions>,
 }
 
 /// Errors that stop a run before it starts.
@@ -106,25 +109,15 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         configured_run_id.as_ref().map(|(id, _)| id.as_str()),
     )
     .await?;
+    let leading = election.as_ref().map(|e| e.leading());
     for (index, invariant) in options.set.invariants.iter().enumerate() {
-        let probe =
-            crate::probe::build(&invariant.probe, &probe_context).map_err(|e| RunError::Probe {
-                invariant: invariant.name.clone(),
-                source_location: invariant.source.clone(),
-                message: e.to_string(),
-            })?;
-        jobs.push(Job {
-            invariant: index,
-            interval: invariant.interval,
-            timeout: invariant.timeout,
-            probe,
-            // Under leader election, cluster-scoped invariants run only while this agent leads.
-            gate: election
-                .as_ref()
-                .filter(|_| invariant.scope == crate::config::spec::Scope::Cluster)
-                .map(|e| e.leading()),
-        });
+        jobs.push(job(index, invariant, &probe_context, leading.as_ref())?);
     }
+    // From before sampling starts: an unhandled SIGHUP would end the process.
+    let hangup = options
+        .reload
+        .as_ref()
+        .and_then(|_| crate::reload::listen_for_hangup());
 
     let started_at = Timestamp::now();
     let context = report::RunContext::from_env(options.report.cluster.clone());
@@ -222,12 +215,33 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
     let engine_task = tokio::spawn(engine::run(engine, events_rx, commands_rx, snapshots_tx));
 
     let shutdown = CancellationToken::new();
+    let (control_tx, control_rx) = mpsc::channel(16);
     let scheduler = tokio::spawn(schedule::run(
         jobs,
         options.limits,
         events_tx,
         shutdown.clone(),
+        Some(control_rx),
     ));
+    let stop_reloading = CancellationToken::new();
+    let reloader = options.reload.clone().map(|reload| {
+        let election = match (&leading, options.leader_elect.leader_elect) {
+            (Some(leading), _) => crate::reload::Election::On(leading.clone()),
+            (None, true) => crate::reload::Election::NotStarted,
+            (None, false) => crate::reload::Election::Off,
+        };
+        let reloader = crate::reload::Reloader {
+            options: reload,
+            running: options.set.invariants.iter().cloned().enumerate().collect(),
+            probes: probe_context.clone(),
+            kube: options.kube.clone(),
+            election,
+            commands: commands_tx.clone(),
+            control: control_tx.clone(),
+        };
+        tokio::spawn(reloader.run(hangup, stop_reloading.clone()))
+    });
+    drop(control_tx);
     exporters.set_ready(true);
 
     let duration = options.duration;
@@ -242,6 +256,11 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         _ = deadline => tracing::info!("run duration reached; finishing the run"),
     }
     exporters.set_ready(false);
+    // No configuration change is applied once the run is finishing.
+    stop_reloading.cancel();
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     // Test timing written by the suite as it ended goes into the final report.
     send_test_timing(&options.report.tests_from, &commands_tx).await;
     drop(commands_tx);
@@ -280,6 +299,31 @@ pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<
         resumed.as_deref(),
         report,
     )))
+}
+
+/// The scheduler's job for `invariant` at `index`: its probe built with what `probes`
+/// shares; under leader election (`leading`), a cluster-scoped one runs only while this
+/// agent leads.
+pub(crate) fn job(
+    index: usize,
+    invariant: &crate::config::Invariant,
+    probes: &crate::probe::ProbeContext,
+    leading: Option<&schedule::Gate>,
+) -> Result<Job, RunError> {
+    let probe = crate::probe::build(&invariant.probe, probes).map_err(|e| RunError::Probe {
+        invariant: invariant.name.clone(),
+        source_location: invariant.source.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Job {
+        invariant: index,
+        interval: invariant.interval,
+        timeout: invariant.timeout,
+        probe,
+        gate: leading
+            .filter(|_| invariant.scope == crate::config::spec::Scope::Cluster)
+            .cloned(),
+    })
 }
 
 /// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like

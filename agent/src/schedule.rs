@@ -14,6 +14,9 @@
 //! A job may have a [`Gate`] (cluster-scoped invariants under leader election: "this
 //! agent leads"). While it is closed the job takes no samples and counts no missed
 //! ticks; when it opens the job resumes on its own grid, at the first tick after that.
+//!
+//! Jobs can be started and stopped while running ([`Control`], for configuration
+//! changes); the others never notice: each job has its own task and its own grid.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -78,6 +81,16 @@ impl Job {
     }
 }
 
+/// A change to the running jobs (a configuration change applied by the engine).
+#[derive(Clone)]
+pub enum Control {
+    /// Start these jobs (their invariant indices are new).
+    Start(Vec<Job>),
+    /// Stop ticking the jobs of these invariants. Their samples in flight finish and are
+    /// sent as usual.
+    Stop(Vec<usize>),
+}
+
 /// Limits that apply across all jobs.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -98,27 +111,58 @@ impl Default for Limits {
 }
 
 /// Runs all jobs until `shutdown` is cancelled, then waits up to the grace period for
-/// in-flight samples. Events go to `events`; when it is closed the scheduler stops.
+/// in-flight samples. Events go to `events`; when it is closed the scheduler stops. Jobs
+/// are started and stopped as `control` says, if given.
 pub async fn run(
     jobs: Vec<Job>,
     limits: Limits,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
+    mut control: Option<mpsc::Receiver<Control>>,
 ) {
     let global = Arc::new(Semaphore::new(limits.max_concurrency.max(1)));
     let samples = TaskTracker::new();
     // Cancelled after the grace period to abandon samples that are still running.
     let abandon = CancellationToken::new();
     let mut tickers = tokio::task::JoinSet::new();
-    for job in jobs {
-        tickers.spawn(tick_loop(
-            job,
-            global.clone(),
-            samples.clone(),
-            events.clone(),
-            shutdown.clone(),
-            abandon.clone(),
-        ));
+    // Per invariant index: what stops its job (a child of `shutdown`).
+    let mut stops = std::collections::HashMap::new();
+    let start = |jobs: Vec<Job>,
+                 tickers: &mut tokio::task::JoinSet<()>,
+                 stops: &mut std::collections::HashMap<usize, CancellationToken>| {
+        for job in jobs {
+            let stop = shutdown.child_token();
+            stops.insert(job.invariant, stop.clone());
+            tickers.spawn(tick_loop(
+                job,
+                global.clone(),
+                samples.clone(),
+                events.clone(),
+                stop,
+                abandon.clone(),
+            ));
+        }
+    };
+    start(jobs, &mut tickers, &mut stops);
+    loop {
+        tokio::select! {
+            change = next_control(&mut control) => match change {
+                Some(Control::Start(jobs)) => start(jobs, &mut tickers, &mut stops),
+                Some(Control::Stop(indices)) => {
+                    for index in indices {
+                        if let Some(stop) = stops.remove(&index) {
+                            stop.cancel();
+                        }
+                    }
+                }
+                None => control = None,
+            },
+            // Reaps the tasks of stopped jobs.
+            Some(_) = tickers.join_next(), if !tickers.is_empty() => {}
+            _ = shutdown.cancelled() => break,
+            // Every job returns once the engine is gone: nothing more can be delivered.
+            _ = events.closed() => break,
+        }
     }
     while tickers.join_next().await.is_some() {}
     samples.close();
@@ -221,6 +265,14 @@ async fn tick_loop(
             }
         }
         tick = tick.saturating_add(1);
+    }
+}
+
+/// The next control message; never resolves without a control channel.
+async fn next_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -366,6 +418,7 @@ mod tests {
             Limits::default(),
             tx,
             shutdown.clone(),
+            None,
         ));
         // Closed: only the ungated job samples (one per second).
         let mut per_invariant = [0u32; 2];
@@ -408,5 +461,53 @@ mod tests {
             3
         );
         assert_eq!(first_tick_after(start, second, start + second * 4), 5);
+    }
+
+    /// Jobs started and stopped while running: the others keep their grid untouched.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_start_and_stop_on_control_without_disturbing_the_others() {
+        let (tx, mut events) = mpsc::channel(64);
+        let (control, control_rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let scheduler = tokio::spawn(run(
+            vec![job(None)],
+            Limits::default(),
+            tx,
+            shutdown.clone(),
+            Some(control_rx),
+        ));
+        let mut per_invariant = [0u32; 3];
+        let collect = async |events: &mut mpsc::Receiver<Event>, ms: u64, counts: &mut [u32; 3]| {
+            let until = Instant::now() + Duration::from_millis(ms);
+            while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+                match event {
+                    Event::Sample { invariant, .. } => counts[invariant] += 1,
+                    Event::Missed { .. } => panic!("nothing may be missed"),
+                }
+            }
+        };
+        collect(&mut events, 5500, &mut per_invariant).await;
+        control
+            .send(Control::Start(vec![
+                Job {
+                    invariant: 1,
+                    ..job(None)
+                },
+                Job {
+                    invariant: 2,
+                    ..job(None)
+                },
+            ]))
+            .await
+            .unwrap();
+        collect(&mut events, 5000, &mut per_invariant).await;
+        control.send(Control::Stop(vec![2])).await.unwrap();
+        collect(&mut events, 5000, &mut per_invariant).await;
+        // 15.5 s at 1/s for the first job, 10 s for the second, 5 s for the third.
+        assert!((15..=16).contains(&per_invariant[0]), "{per_invariant:?}");
+        assert!((9..=11).contains(&per_invariant[1]), "{per_invariant:?}");
+        assert!((4..=6).contains(&per_invariant[2]), "{per_invariant:?}");
+        shutdown.cancel();
+        scheduler.await.unwrap();
     }
 }

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod api_cli;
 mod cli_config;
+mod config_reload;
 mod demo;
 mod export_otlp;
 mod export_prometheus;

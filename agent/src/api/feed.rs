@@ -20,6 +20,11 @@
 //! broadcast's capacity is how far a subscriber may fall behind; one that falls further
 //! loses the oldest events it has not read, learns how many (see [`super::tail`]), and
 //! costs the engine and the other subscribers nothing.
+//!
+//! A configuration change adds invariants at new indices and stops others (see
+//! [`crate::engine::SampleObserver::on_invariants_changed`]): the [`Catalog`] grows and
+//! marks what stopped, so GetStatus and new Tail streams show the running set, and
+//! streams already open pick up new invariants their filter selects.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -152,15 +157,46 @@ struct FeedState {
     /// The sequence of the latest event published.
     sequence: u64,
     invariants: Vec<InvariantFeed>,
+    /// Replaced (never changed in place) when the configuration changes, so readers
+    /// keep a consistent copy without holding the lock.
+    catalog: Arc<Catalog>,
     ended: bool,
+}
+
+/// Every invariant of the run the feed knows, by index, including those a configuration
+/// change stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Names.
+    pub names: Vec<String>,
+    /// Declarations (status with state and counts empty).
+    pub declarations: Vec<proto::InvariantStatus>,
+    /// Labels.
+    pub labels: Vec<std::collections::BTreeMap<String, String>>,
+    /// Whether each still runs (`false` once a configuration change stopped it).
+    pub running: Vec<bool>,
+}
+
+impl Catalog {
+    fn push(&mut self, invariant: &Invariant) {
+        self.names.push(invariant.name.clone());
+        self.declarations.push(convert::declaration(invariant));
+        self.labels.push(invariant.labels.clone());
+        self.running.push(true);
+    }
+
+    /// Names of the running invariants, in index order.
+    pub fn running_names(&self) -> impl Iterator<Item = &String> {
+        self.names
+            .iter()
+            .zip(&self.running)
+            .filter_map(|(n, r)| r.then_some(n))
+    }
 }
 
 struct Shared {
     state: Mutex<FeedState>,
     events: broadcast::Sender<Arc<FeedEvent>>,
-    names: Vec<String>,
-    declarations: Vec<proto::InvariantStatus>,
-    labels: Vec<std::collections::BTreeMap<String, String>>,
     run: proto::RunInfo,
     history: usize,
 }
@@ -193,40 +229,32 @@ impl Feed {
         buffer: usize,
     ) -> Self {
         let (events, _) = broadcast::channel(buffer.max(1));
+        let mut catalog = Catalog::default();
+        for invariant in invariants {
+            catalog.push(invariant);
+        }
         let state = FeedState {
             sequence: 0,
             invariants: invariants
                 .iter()
                 .map(|_| InvariantFeed::default())
                 .collect(),
+            catalog: Arc::new(catalog),
             ended: false,
         };
         Feed {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 events,
-                names: invariants.iter().map(|i| i.name.clone()).collect(),
-                declarations: invariants.iter().map(convert::declaration).collect(),
-                labels: invariants.iter().map(|i| i.labels.clone()).collect(),
                 run,
                 history,
             }),
         }
     }
 
-    /// Invariant names, in file order.
-    pub fn names(&self) -> &[String] {
-        &self.shared.names
-    }
-
-    /// Each invariant's labels, in file order.
-    pub fn labels(&self) -> &[std::collections::BTreeMap<String, String>] {
-        &self.shared.labels
-    }
-
-    /// Each invariant's declaration (status with state and counts empty), in file order.
-    pub fn declarations(&self) -> &[proto::InvariantStatus] {
-        &self.shared.declarations
+    /// The invariants as of now: names, labels, declarations, and which still run.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.lock().catalog.clone()
     }
 
     /// Facts about the run.
@@ -234,13 +262,16 @@ impl Feed {
         &self.shared.run
     }
 
-    /// Live state of every invariant with its index, in file order, as of one instant.
+    /// Live state of every running invariant with its index, in index order (file order
+    /// until a configuration change appends), as of one instant.
     pub fn live(&self) -> Vec<(usize, LiveState)> {
-        self.lock()
+        let state = self.lock();
+        state
             .invariants
             .iter()
             .map(|i| i.live.clone())
             .enumerate()
+            .filter(|(i, _)| state.catalog.running.get(*i).copied().unwrap_or(false))
             .collect()
     }
 
@@ -256,10 +287,11 @@ impl Feed {
         snapshots: &Snapshots,
     ) -> Vec<proto::InvariantStatus> {
         let report = snapshots.borrow().clone();
+        let catalog = self.catalog();
         live.iter()
             .filter_map(|(i, state)| {
-                let mut status = self.declarations().get(*i)?.clone();
-                state.apply(&self.names()[*i], &mut status);
+                let mut status = catalog.declarations.get(*i)?.clone();
+                state.apply(&catalog.names[*i], &mut status);
                 if let Some(entry) = report.as_ref().and_then(|r| r.invariants.get(*i)) {
                     convert::apply_report_totals(&mut status, entry);
                 }
@@ -445,6 +477,27 @@ impl SampleObserver for Feed {
             },
             |_| FeedMessage::Transition(t.clone()),
         );
+    }
+
+    fn on_invariants_changed(&mut self, started: &[(usize, Invariant)], stopped: &[usize]) {
+        let mut state = self.lock();
+        let mut catalog = Catalog::clone(&state.catalog);
+        for index in stopped {
+            if let Some(running) = catalog.running.get_mut(*index) {
+                *running = false;
+            }
+        }
+        for (index, invariant) in started {
+            // Indices come in order past every one seen; anything else is a bug, and
+            // the feed then leaves the invariant out rather than misname it.
+            if *index == catalog.names.len() {
+                catalog.push(invariant);
+                state.invariants.push(InvariantFeed::default());
+            } else {
+                tracing::error!(index, invariant = %invariant.name, "feed: invariant index out of order; it is left out of Tail and GetStatus (this is a bug, please report it)");
+            }
+        }
+        state.catalog = Arc::new(catalog);
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
-use super::feed::{Feed, FeedEvent, FeedMessage, History};
+use super::feed::{Catalog, Feed, FeedEvent, FeedMessage, History};
 use super::{convert, proto};
 use crate::engine::Snapshots;
 
@@ -31,17 +31,55 @@ const MAX_LISTED: usize = 20;
 pub struct TailPlan {
     /// Per invariant index: whether the request selects it.
     pub wanted: Vec<bool>,
+    /// The request's filters, for invariants a configuration change starts later.
+    pub filter: Filter,
     /// Leave samples out.
     pub transitions_only: bool,
     /// History to replay first.
     pub history: History,
 }
 
-/// Checks `request` against the invariants of `feed`. Unknown names and filters that
-/// select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
+/// What a Tail request selects: invariants by name (any, when empty) that carry all the
+/// labels.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    names: BTreeSet<String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Filter {
+    fn of(request: &proto::TailRequest) -> Self {
+        Filter {
+            names: request.invariants.iter().cloned().collect(),
+            labels: request
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether the running invariant at `index` of `catalog` is selected.
+    fn selects(&self, catalog: &Catalog, index: usize) -> bool {
+        let (Some(name), Some(labels)) = (catalog.names.get(index), catalog.labels.get(index))
+        else {
+            return false;
+        };
+        catalog.running.get(index).copied().unwrap_or(false)
+            && (self.names.is_empty() || self.names.contains(name))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    }
+}
+
+/// Checks `request` against the running invariants of `feed`. Unknown names and filters
+/// that select nothing are `INVALID_ARGUMENT`, so a typo never tails silence.
 pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Status> {
     check_filter_size(request)?;
-    let names = feed.names();
+    let catalog = feed.catalog();
+    let names: Vec<String> = catalog.running_names().cloned().collect();
     let unknown: Vec<&str> = request
         .invariants
         .iter()
@@ -49,22 +87,14 @@ pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Statu
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
-        return Err(Status::invalid_argument(unknown_names(&unknown, names)));
+        return Err(Status::invalid_argument(unknown_names(&unknown, &names)));
     }
-    let by_name: BTreeSet<&str> = request.invariants.iter().map(String::as_str).collect();
-    let wanted: Vec<bool> = names
-        .iter()
-        .zip(feed.labels())
-        .map(|(name, labels)| {
-            (by_name.is_empty() || by_name.contains(name.as_str()))
-                && request
-                    .labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
-        })
+    let filter = Filter::of(request);
+    let wanted: Vec<bool> = (0..catalog.names.len())
+        .map(|i| filter.selects(&catalog, i))
         .collect();
     if !wanted.contains(&true) && !names.is_empty() {
-        return Err(Status::invalid_argument(no_match(request, feed)));
+        return Err(Status::invalid_argument(no_match(request, &catalog)));
     }
     use proto::tail_request::History as Wire;
     let history = match &request.history {
@@ -74,6 +104,7 @@ pub fn plan(request: &proto::TailRequest, feed: &Feed) -> Result<TailPlan, Statu
     };
     Ok(TailPlan {
         wanted,
+        filter,
         transitions_only: request.transitions_only,
         history,
     })
@@ -134,17 +165,19 @@ fn unknown_names(unknown: &[&str], names: &[String]) -> String {
     )
 }
 
-fn no_match(request: &proto::TailRequest, feed: &Feed) -> String {
+fn no_match(request: &proto::TailRequest, catalog: &Catalog) -> String {
     let asked: BTreeMap<&String, &String> = request.labels.iter().collect();
     let asked = asked
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let in_use: BTreeSet<String> = feed
-        .labels()
+    let in_use: BTreeSet<String> = catalog
+        .labels
         .iter()
-        .flat_map(|l| l.iter().map(|(k, v)| format!("{k}={v}")))
+        .zip(&catalog.running)
+        .filter(|(_, running)| **running)
+        .flat_map(|(l, _)| l.iter().map(|(k, v)| format!("{k}={v}")))
         .collect();
     let scope = if request.invariants.is_empty() {
         "no invariant".to_string()
@@ -212,6 +245,8 @@ pub fn stream(
     }
     let state = TailState {
         feed: feed.clone(),
+        catalog: feed.catalog(),
+        filter: plan.filter,
         snapshot: Some(snapshot),
         replay,
         live_sent: false,
@@ -251,6 +286,14 @@ fn marker(event: proto::tail_response::Event) -> proto::TailResponse {
     }
 }
 
+/// A configuration change started invariants after the subscription: those `filter`
+/// selects are followed from their first event on.
+fn learn_new_invariants(catalog: &Catalog, filter: &Filter, wanted: &mut Vec<bool>) {
+    for index in wanted.len()..catalog.names.len() {
+        wanted.push(filter.selects(catalog, index));
+    }
+}
+
 /// Whether a subscriber that wants the invariants set in `wanted` gets `event`.
 fn selects(wanted: &[bool], transitions_only: bool, event: &FeedEvent) -> bool {
     wanted.get(event.invariant).copied().unwrap_or(false)
@@ -260,6 +303,10 @@ fn selects(wanted: &[bool], transitions_only: bool, event: &FeedEvent) -> bool {
 struct TailState {
     /// For invariant names.
     feed: Feed,
+    /// The invariants as last looked up; refreshed when an event names one it lacks.
+    catalog: Arc<Catalog>,
+    /// Selects invariants started after the subscription.
+    filter: Filter,
     snapshot: Option<proto::TailResponse>,
     replay: VecDeque<Arc<FeedEvent>>,
     live_sent: bool,
@@ -295,6 +342,13 @@ impl TailState {
             match receiver.recv().await {
                 Ok(event) => match event.message {
                     FeedMessage::RunEnded => return Some(self.finish()),
+                    _ if event.invariant >= self.wanted.len() => {
+                        self.catalog = self.feed.catalog();
+                        learn_new_invariants(&self.catalog, &self.filter, &mut self.wanted);
+                        if selects(&self.wanted, self.transitions_only, &event) {
+                            return Some(self.response(&event, false));
+                        }
+                    }
                     _ if selects(&self.wanted, self.transitions_only, &event) => {
                         return Some(self.response(&event, false));
                     }
@@ -310,7 +364,7 @@ impl TailState {
     }
 
     fn response(&self, event: &FeedEvent, replay: bool) -> proto::TailResponse {
-        let name = self.feed.names().get(event.invariant);
+        let name = self.catalog.names.get(event.invariant);
         event.response(name.map_or("", String::as_str), replay)
     }
 
@@ -490,5 +544,97 @@ invariants:
         assert_eq!(edit_distance("", "ab"), 2);
         assert_eq!(edit_distance("same", "same"), 0);
         assert!(!is_close("etcd", "apiserver-readyz"));
+    }
+
+    /// After a configuration change, an open stream follows the new invariants its
+    /// filter selects (a changed invariant under its name, at its new index) and new
+    /// requests and GetStatus know only the running set.
+    #[tokio::test]
+    async fn streams_and_plans_follow_a_configuration_change() {
+        use crate::engine::SampleObserver;
+        use crate::sample::{Observation, Sample, Timestamp};
+        use futures_util::StreamExt;
+        use proto::tail_response::Event;
+
+        let mut f = feed();
+        let sample = |at| Sample {
+            at: Timestamp(at),
+            latency: std::time::Duration::from_millis(1),
+            observation: Observation::Ok { value: None },
+        };
+        let by_name = proto::TailRequest {
+            invariants: vec!["dns-resolves".into()],
+            ..Default::default()
+        };
+        let (_, snapshots) = tokio::sync::watch::channel(None);
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
+        let mut dns = stream(
+            &f,
+            plan(&by_name, &f).unwrap(),
+            &snapshots,
+            permits.clone().try_acquire_owned().unwrap(),
+        );
+        let mut all = stream(
+            &f,
+            plan(&proto::TailRequest::default(), &f).unwrap(),
+            &snapshots,
+            permits.clone().try_acquire_owned().unwrap(),
+        );
+        // dns-resolves changed (now index 2), apiserver-readyz removed, `etcd` added (3).
+        let set = crate::config::parse_str("f.yaml", FILE).unwrap();
+        let mut etcd = set.invariants[0].clone();
+        etcd.name = "etcd".into();
+        f.on_invariants_changed(&[(2, set.invariants[1].clone()), (3, etcd)], &[0, 1]);
+        f.on_sample(2, &sample(10));
+        f.on_sample(3, &sample(20));
+        f.end();
+        async fn events(stream: &mut TailStream) -> Vec<String> {
+            let mut seen = Vec::new();
+            while let Some(Ok(response)) = stream.next().await {
+                seen.push(match response.event.unwrap() {
+                    Event::Snapshot(s) => format!("snapshot {}", s.invariants.len()),
+                    Event::Sample(s) => format!("sample {}", s.invariant),
+                    Event::Live(_) => "live".into(),
+                    Event::RunEnded(_) => "end".into(),
+                    other => format!("{other:?}"),
+                });
+            }
+            seen
+        }
+        assert_eq!(
+            events(&mut dns).await,
+            ["snapshot 1", "live", "sample dns-resolves", "end"]
+        );
+        assert_eq!(
+            events(&mut all).await,
+            [
+                "snapshot 2",
+                "live",
+                "sample dns-resolves",
+                "sample etcd",
+                "end"
+            ]
+        );
+
+        let removed = proto::TailRequest {
+            invariants: vec!["apiserver-readyz".into()],
+            ..Default::default()
+        };
+        let e = plan(&removed, &f).unwrap_err();
+        assert!(
+            e.message()
+                .ends_with("This agent watches: dns-resolves, etcd"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            plan(&by_name, &f).unwrap().wanted,
+            [false, false, true, false]
+        );
+        let live: Vec<usize> = f.live().iter().map(|(i, _)| *i).collect();
+        assert_eq!(live, [2, 3], "GetStatus shows the running invariants");
+        let statuses = f.statuses(&f.live(), &snapshots);
+        assert_eq!(statuses[0].name, "dns-resolves");
+        assert_eq!(statuses[0].samples_ok, 1);
     }
 }

@@ -105,47 +105,89 @@ const STANDARD_METHODS: &[&str] = &[
 /// Every problem in every file is reported, sorted by file, line and column. A file that
 /// cannot be read is one error naming the file and the operating system's reason.
 pub fn load_files(paths: &[PathBuf]) -> Result<InvariantSet, ConfigErrors> {
-    let mut loader = Loader::default();
-    if paths.is_empty() {
-        loader.errors.push(ConfigError {
-            file: String::new(),
-            line: 0,
-            column: 0,
-            path: String::new(),
-            message: "no invariant files given".to_string(),
-        });
+    FileContents::read(paths).load()
+}
+
+/// The bytes of invariant files as read at one moment, so what is hashed is exactly what
+/// is loaded (a file replaced between the two could otherwise be judged by one version
+/// and applied as another).
+#[derive(Debug)]
+pub struct FileContents {
+    files: Vec<(PathBuf, std::io::Result<Vec<u8>>)>,
+}
+
+impl FileContents {
+    /// Reads every file (following symlinks, so a Kubernetes ConfigMap volume's `..data`
+    /// swap is seen); a file that cannot be read keeps its error for [`Self::load`].
+    pub fn read(paths: &[PathBuf]) -> Self {
+        FileContents {
+            files: paths
+                .iter()
+                .map(|p| (p.clone(), std::fs::read(p)))
+                .collect(),
+        }
     }
-    for path in paths {
-        let file = path.display().to_string();
-        match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => loader.add_file(&file, &text),
-                Err(e) => {
-                    let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-                    // Everything before the first bad byte is valid UTF-8 by definition.
-                    let prefix = String::from_utf8_lossy(valid);
-                    let line = prefix.matches('\n').count() as u64 + 1;
-                    let column =
-                        prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
-                    loader.errors.push(ConfigError {
-                        file,
-                        line,
-                        column,
-                        path: String::new(),
-                        message: "the file is not UTF-8 text".to_string(),
-                    });
-                }
-            },
-            Err(e) => loader.errors.push(ConfigError {
-                file,
+
+    /// SHA-256 of the files' bytes, concatenated in order, in lowercase hex: for one file
+    /// the same as `sha256sum FILE`. `None` when a file could not be read.
+    pub fn hash(&self) -> Option<String> {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for (_, bytes) in &self.files {
+            digest.update(bytes.as_ref().ok()?);
+        }
+        Some(
+            digest
+                .finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    /// Parses and validates the files as [`load_files`] does.
+    pub fn load(&self) -> Result<InvariantSet, ConfigErrors> {
+        let mut loader = Loader::default();
+        if self.files.is_empty() {
+            loader.errors.push(ConfigError {
+                file: String::new(),
                 line: 0,
                 column: 0,
                 path: String::new(),
-                message: format!("cannot read the file: {e}"),
-            }),
+                message: "no invariant files given".to_string(),
+            });
         }
+        for (path, read) in &self.files {
+            let file = path.display().to_string();
+            match read {
+                Ok(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) => loader.add_file(&file, text),
+                    Err(e) => {
+                        // Everything before the first bad byte is valid UTF-8 by definition.
+                        let prefix = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
+                        let line = prefix.matches('\n').count() as u64 + 1;
+                        let column =
+                            prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+                        loader.errors.push(ConfigError {
+                            file,
+                            line,
+                            column,
+                            path: String::new(),
+                            message: "the file is not UTF-8 text".to_string(),
+                        });
+                    }
+                },
+                Err(e) => loader.errors.push(ConfigError {
+                    file,
+                    line: 0,
+                    column: 0,
+                    path: String::new(),
+                    message: format!("cannot read the file: {e}"),
+                }),
+            }
+        }
+        loader.finish()
     }
-    loader.finish()
 }
 
 /// Parses and validates one file's text; `file_name` is used in messages and sources.

@@ -1788,3 +1788,44 @@ proptest! {
         let _ = parse_str("p.yaml", &text);
     }
 }
+
+/// The hash is `sha256sum` of the bytes (of all files, concatenated), and what is
+/// loaded is what was hashed; an unreadable file has no hash and is a load error.
+#[test]
+fn file_contents_hash_what_they_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.yaml");
+    std::fs::write(&path, "abc").unwrap();
+    let contents = FileContents::read(std::slice::from_ref(&path));
+    assert_eq!(
+        contents.hash().as_deref(),
+        // sha256("abc"), FIPS 180-2 example.
+        Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    assert!(contents.load().is_err(), "\"abc\" is no invariant file");
+    std::fs::write(&path, invariant_file(&format!("{HTTP}\n{AVAILABILITY}"))).unwrap();
+    let contents = FileContents::read(std::slice::from_ref(&path));
+    std::fs::write(&path, "replaced after reading").unwrap();
+    assert_eq!(contents.load().unwrap().invariants.len(), 1);
+    let missing = FileContents::read(&[dir.path().join("missing.yaml")]);
+    assert_eq!(missing.hash(), None);
+    let error = missing.load().unwrap_err().to_string();
+    assert!(
+        error.contains("missing.yaml: cannot read the file"),
+        "{error}"
+    );
+}
+
+/// Where an invariant is declared is not part of its spec; every other field is.
+#[test]
+fn same_spec_ignores_only_the_source() {
+    let a = parse_invariant(&format!("{HTTP}\n{AVAILABILITY}"));
+    let mut b = a.clone();
+    b.source = "elsewhere.yaml:40:5".into();
+    assert!(a.same_spec(&b));
+    b.description.push('!');
+    assert!(!a.same_spec(&b));
+    let mut c = a.clone();
+    c.labels.insert("team".into(), "x".into());
+    assert!(!a.same_spec(&c));
+}

@@ -15,5 +15,5 @@ mod yaml;
 
 pub use docs::markdown_docs;
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load_files, parse_str};
+pub use load::{FileContents, load_files, parse_str};
 pub use spec::*;

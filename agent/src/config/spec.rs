@@ -43,6 +43,38 @@ pub struct Invariant {
     pub source: String,
 }
 
+impl Invariant {
+    /// Whether `other` declares the same invariant: every field equal except where it is
+    /// declared (`source`), which moves when lines above it change. A config reload keeps
+    /// an invariant with the same spec running untouched and restarts any other.
+    pub fn same_spec(&self, other: &Invariant) -> bool {
+        // Destructured without `..`: a new field must be placed here or in `source: _`.
+        let Invariant {
+            name,
+            description,
+            owner,
+            scope,
+            interval,
+            timeout,
+            labels,
+            probe,
+            condition,
+            expected_disruptions,
+            source: _,
+        } = self;
+        *name == other.name
+            && *description == other.description
+            && *owner == other.owner
+            && *scope == other.scope
+            && *interval == other.interval
+            && *timeout == other.timeout
+            && *labels == other.labels
+            && *probe == other.probe
+            && *condition == other.condition
+            && *expected_disruptions == other.expected_disruptions
+    }
+}
+
 /// A regular expression searched for in a test's full name (unanchored, like
 /// `ginkgo --focus`), e.g. `\[Disruptive\]` or `^\[sig-node\] .*reboot`.
 #[derive(Clone, Debug)]

@@ -313,6 +313,27 @@ impl SampleObserver for Recorder {
             durations.record(invariant, sample.outcome(), sample.latency.as_secs_f64());
         }
     }
+
+    fn on_invariants_changed(
+        &mut self,
+        started: &[(usize, crate::config::Invariant)],
+        _stopped: &[usize],
+    ) {
+        // Series of stopped invariants end by themselves: their report entries are
+        // retired, which `series::exported` leaves out.
+        let Some(last) = started.iter().map(|(index, _)| *index).max() else {
+            return;
+        };
+        if let Some(otlp) = &self.otlp {
+            let set = InvariantSet {
+                invariants: started.iter().map(|(_, i)| i.clone()).collect(),
+            };
+            otlp.add_invariants(&series::identities(&set));
+        }
+        if let Some(durations) = &self.durations {
+            durations.grow(last + 1);
+        }
+    }
 }
 
 /// Fixtures shared by the export modules' tests.

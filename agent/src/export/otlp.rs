@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, MeterProvider as _};
@@ -111,7 +111,7 @@ impl OtlpExporter {
         snapshots: Snapshots,
     ) -> Result<(Self, DurationRecorder), OtlpError> {
         let channel = channel(config)?;
-        let attrs = Arc::new(Attributes::new(identities));
+        let attrs = Arc::new(RwLock::new(Attributes::new(identities)));
         let routing = Arc::new(ClusterRouting::default());
         let exporter = metric_exporter(config, channel.clone())?;
         let source = Source::new(
@@ -224,7 +224,7 @@ pub struct ClusterPipelines {
     channel: tonic::transport::Channel,
     resource: Resource,
     snapshots: Snapshots,
-    attrs: Arc<Attributes>,
+    attrs: SharedAttributes,
     routing: Arc<ClusterRouting>,
 }
 
@@ -239,7 +239,7 @@ impl ClusterPipelines {
     /// The counters of every invariant in `report`, in file order (zero for an entry
     /// that does not line up): where a term that starts now counts from.
     pub fn counters(&self, report: &Report) -> Vec<Counters> {
-        self.attrs
+        read_attrs(&self.attrs)
             .names
             .iter()
             .enumerate()
@@ -367,6 +367,10 @@ fn metadata(headers: &[(String, String)]) -> Metadata {
         .collect()
 }
 
+/// Invariants configuration changes may add to a run beyond its first set before the
+/// SDK would fold their series into the overflow series.
+const RELOAD_HEADROOM: usize = 256;
+
 /// A meter provider exporting this agent's series through `exporter` every `interval`,
 /// with the agent's instruments registered; used by the benchmarks with an in-memory
 /// exporter.
@@ -379,7 +383,7 @@ pub fn provider_with<E: PushMetricExporter>(
 ) -> (SdkMeterProvider, Instruments) {
     let source = Source::new(
         snapshots,
-        Arc::new(Attributes::new(identities)),
+        Arc::new(RwLock::new(Attributes::new(identities))),
         Arc::new(ClusterRouting::default()),
         Carries::Agent,
     );
@@ -397,8 +401,10 @@ fn provider_for<E: PushMetricExporter>(
         .with_interval(interval)
         .build();
     // The SDK folds series beyond 2000 per instrument into an overflow series; the
-    // invariant file bounds ours, so make room for all of them.
-    let limit = source.attrs.names.len() * SAMPLE_OUTCOMES.len() + 16;
+    // invariant file bounds ours, so make room for all of them, and for invariants that
+    // configuration changes add while running.
+    let limit =
+        (read_attrs(&source.attrs).names.len() + RELOAD_HEADROOM) * SAMPLE_OUTCOMES.len() + 16;
     let provider = SdkMeterProvider::builder()
         .with_resource(resource)
         .with_reader(reader)
@@ -429,6 +435,19 @@ struct Attributes {
 
 impl Attributes {
     fn new(identities: &[Identity]) -> Self {
+        let mut attributes = Attributes {
+            base: Vec::new(),
+            outcomes: Vec::new(),
+            names: Vec::new(),
+            cluster_scoped: Vec::new(),
+        };
+        attributes.extend(identities);
+        attributes
+    }
+
+    /// Appends the attribute sets of `identities` (invariants a configuration change
+    /// started).
+    fn extend(&mut self, identities: &[Identity]) {
         let base: Vec<Vec<KeyValue>> = identities
             .iter()
             .map(|id| {
@@ -438,7 +457,7 @@ impl Attributes {
                     .collect()
             })
             .collect();
-        let outcomes = base
+        let outcomes: Vec<_> = base
             .iter()
             .map(|b| {
                 SAMPLE_OUTCOMES.map(|outcome| {
@@ -448,17 +467,26 @@ impl Attributes {
                 })
             })
             .collect();
-        Attributes {
-            base,
-            outcomes,
-            names: identities.iter().map(|i| i.name.clone()).collect(),
-            cluster_scoped: identities.iter().map(|i| i.cluster_scoped).collect(),
-        }
+        self.base.extend(base);
+        self.outcomes.extend(outcomes);
+        self.names.extend(identities.iter().map(|i| i.name.clone()));
+        self.cluster_scoped
+            .extend(identities.iter().map(|i| i.cluster_scoped));
     }
 
     fn cluster_scoped(&self, invariant: usize) -> bool {
         self.cluster_scoped.get(invariant).copied().unwrap_or(false)
     }
+}
+
+/// The attribute sets, shared by this agent's pipeline and the cluster stream's terms;
+/// grows when a configuration change starts invariants, otherwise only read.
+type SharedAttributes = Arc<RwLock<Attributes>>;
+
+/// Reads shared attribute sets. Every update is whole, so a panic elsewhere cannot leave
+/// them half-written: a poisoned lock is still read.
+fn read_attrs(attrs: &SharedAttributes) -> RwLockReadGuard<'_, Attributes> {
+    attrs.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Which series a pipeline exports.
@@ -475,7 +503,7 @@ enum Carries {
 /// What the callbacks share: the newest snapshot, the attribute sets and which series.
 struct Source {
     snapshots: Snapshots,
-    attrs: Arc<Attributes>,
+    attrs: SharedAttributes,
     routing: Arc<ClusterRouting>,
     disruption: Monotonic,
     carries: Carries,
@@ -484,13 +512,14 @@ struct Source {
 impl Source {
     fn new(
         snapshots: Snapshots,
-        attrs: Arc<Attributes>,
+        attrs: SharedAttributes,
         routing: Arc<ClusterRouting>,
         carries: Carries,
     ) -> Self {
+        let known = read_attrs(&attrs).names.len();
         Source {
             snapshots,
-            disruption: Monotonic::new(attrs.names.len()),
+            disruption: Monotonic::new(known),
             attrs,
             routing,
             carries,
@@ -500,15 +529,16 @@ impl Source {
     /// Calls `f(index, point)` for every invariant of the newest snapshot whose name
     /// matches the file order (always, unless something is badly wrong) and whose series
     /// this pipeline exports now.
-    fn each(&self, mut f: impl FnMut(usize, &Point)) {
+    fn each(&self, mut f: impl FnMut(usize, &Point, &Attributes)) {
         let Some(report): Option<Arc<Report>> = self.snapshots.borrow().clone() else {
             return;
         };
-        for (i, (entry, name)) in report.invariants.iter().zip(&self.attrs.names).enumerate() {
+        let attrs = read_attrs(&self.attrs);
+        for (i, (entry, name)) in report.invariants.iter().zip(&attrs.names).enumerate() {
             if entry.name != *name {
                 continue;
             }
-            let cluster_scoped = self.attrs.cluster_scoped(i);
+            let cluster_scoped = attrs.cluster_scoped(i);
             match &self.carries {
                 // A cluster-scoped invariant another agent runs now is that agent's to
                 // export; under leader election the cluster stream exports it.
@@ -516,13 +546,13 @@ impl Source {
                     if series::exported(&report, entry)
                         && !(cluster_scoped && self.routing.elected())
                     {
-                        f(i, &Point::from_report(entry));
+                        f(i, &Point::from_report(entry), &attrs);
                     }
                 }
                 Carries::ClusterTerm { baseline } => {
                     if cluster_scoped {
                         let base = baseline.get(i).copied().unwrap_or_default();
-                        f(i, &Point::from_report(entry).since(&base));
+                        f(i, &Point::from_report(entry).since(&base), &attrs);
                     }
                 }
             }
@@ -549,9 +579,9 @@ impl Instruments {
                 .with_unit(series::SAMPLES.unit)
                 .with_description(series::SAMPLES.help)
                 .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         for (k, n) in p.samples.iter().enumerate() {
-                            o.observe(*n, &s.attrs.outcomes[i][k]);
+                            o.observe(*n, &attrs.outcomes[i][k]);
                         }
                     })
                 })
@@ -563,9 +593,9 @@ impl Instruments {
                 .f64_observable_gauge(series::VALUE.otel)
                 .with_description(series::VALUE.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         if let Some(v) = p.value {
-                            o.observe(v, &s.attrs.base[i]);
+                            o.observe(v, &attrs.base[i]);
                         }
                     })
                 })
@@ -577,7 +607,7 @@ impl Instruments {
                 .i64_observable_gauge(series::STATE.otel)
                 .with_description(series::STATE.help)
                 .with_callback(move |o: &dyn AsyncInstrument<i64>| {
-                    s.each(|i, p| o.observe(p.state, &s.attrs.base[i]))
+                    s.each(|i, p, attrs| o.observe(p.state, &attrs.base[i]))
                 })
                 .build(),
         ));
@@ -588,7 +618,7 @@ impl Instruments {
                 .with_unit(series::VIOLATIONS.unit)
                 .with_description(series::VIOLATIONS.help)
                 .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                    s.each(|i, p| o.observe(p.violations, &s.attrs.base[i]))
+                    s.each(|i, p, attrs| o.observe(p.violations, &attrs.base[i]))
                 })
                 .build(),
         ));
@@ -599,9 +629,9 @@ impl Instruments {
                 .with_unit(series::DISRUPTION.unit)
                 .with_description(series::DISRUPTION.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         let v = s.disruption.at_least(i, p.disruption_seconds);
-                        o.observe(v, &s.attrs.base[i]);
+                        o.observe(v, &attrs.base[i]);
                     })
                 })
                 .build(),
@@ -613,9 +643,9 @@ impl Instruments {
                 .with_unit(series::AVAILABILITY.unit)
                 .with_description(series::AVAILABILITY.help)
                 .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                    s.each(|i, p| {
+                    s.each(|i, p, attrs| {
                         if let Some(v) = p.availability {
-                            o.observe(v, &s.attrs.base[i]);
+                            o.observe(v, &attrs.base[i]);
                         }
                     })
                 })
@@ -631,6 +661,21 @@ impl Instruments {
                         let report = s.snapshots.borrow().clone();
                         if let Some(leader) = report.as_deref().and_then(series::leader_value) {
                             o.observe(leader, &[]);
+                        }
+                    })
+                    .build(),
+            ));
+            let s = source.clone();
+            observable.push(Box::new(
+                meter
+                    .i64_observable_gauge(series::CONFIG_REFUSED.otel)
+                    .with_description(series::CONFIG_REFUSED.help)
+                    .with_callback(move |o: &dyn AsyncInstrument<i64>| {
+                        let report = s.snapshots.borrow().clone();
+                        if let Some(refused) =
+                            report.as_deref().and_then(series::config_refused_value)
+                        {
+                            o.observe(refused, &[]);
                         }
                     })
                     .build(),
@@ -672,7 +717,7 @@ struct ClusterRouting {
 #[derive(Default)]
 struct RoutingSlot {
     /// The current term's histogram and attribute sets.
-    term: Option<(Histogram<f64>, Arc<Attributes>)>,
+    term: Option<(Histogram<f64>, SharedAttributes)>,
     /// Durations recorded while no term runs: (invariant, outcome index, seconds, start).
     waiting: VecDeque<(usize, usize, f64, Timestamp)>,
     /// When the last term ended: a waiting sample that started before belongs to it (it
@@ -696,7 +741,7 @@ impl ClusterRouting {
     fn record(&self, invariant: usize, outcome: usize, seconds: f64, at: Timestamp) {
         let mut slot = self.slot();
         if let Some((histogram, attrs)) = &slot.term {
-            if let Some(a) = attrs.outcomes.get(invariant) {
+            if let Some(a) = read_attrs(attrs).outcomes.get(invariant) {
                 histogram.record(seconds, &a[outcome]);
             }
             return;
@@ -708,16 +753,18 @@ impl ClusterRouting {
     }
 
     /// A term starts: durations go to `histogram`, starting with those that waited for it.
-    fn begin(&self, histogram: Histogram<f64>, attrs: &Arc<Attributes>) {
+    fn begin(&self, histogram: Histogram<f64>, attrs: &SharedAttributes) {
         let mut slot = self.slot();
         let ended_at = slot.ended_at;
+        let read = read_attrs(attrs);
         for (invariant, outcome, seconds, at) in slot.waiting.drain(..) {
             if ended_at.is_none_or(|end| at >= end)
-                && let Some(a) = attrs.outcomes.get(invariant)
+                && let Some(a) = read.outcomes.get(invariant)
             {
                 histogram.record(seconds, &a[outcome]);
             }
         }
+        drop(read);
         slot.term = Some((histogram, attrs.clone()));
     }
 
@@ -744,16 +791,29 @@ impl DurationRecorder {
         let outcome = series::outcome_index(sample.outcome());
         debug_assert!(outcome < DURATION_OUTCOMES.len());
         let source = &self.source;
-        if source.attrs.cluster_scoped(invariant) && source.routing.elected() {
+        if read_attrs(&source.attrs).cluster_scoped(invariant) && source.routing.elected() {
             source
                 .routing
                 .record(invariant, outcome, sample.latency.as_secs_f64(), sample.at);
             return;
         }
-        if let Some(attrs) = self.source.attrs.outcomes.get(invariant) {
+        if let Some(attrs) = read_attrs(&self.source.attrs).outcomes.get(invariant) {
             self.histogram
                 .record(sample.latency.as_secs_f64(), &attrs[outcome]);
         }
+    }
+}
+
+impl DurationRecorder {
+    /// Adds the invariants a configuration change started (their indices follow every
+    /// one known), so their series are exported from their first sample on, by this
+    /// agent's pipeline and the cluster stream's terms alike (they share the sets).
+    pub fn add_invariants(&self, identities: &[Identity]) {
+        self.source
+            .attrs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(identities);
     }
 }
 
@@ -958,7 +1018,7 @@ invariants:
             engine.report(Timestamp(1000), RunStatus::Running),
         )));
 
-        let attrs = Arc::new(Attributes::new(&identities));
+        let attrs = Arc::new(RwLock::new(Attributes::new(&identities)));
         let routing = Arc::new(ClusterRouting::default());
         let agent_export = Capture::default();
         let agent_resource = resource(&[(INSTANCE.into(), "agent-a".into())]);

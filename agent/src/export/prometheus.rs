@@ -166,11 +166,19 @@ fn unit(metric: &MetricInfo) -> Option<Unit> {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let report = self.snapshots.borrow().clone();
+        // Invariants a configuration change started after this collector was built take
+        // their identity from their report entry.
+        let started_later: Vec<Identity> = report
+            .as_ref()
+            .and_then(|r| r.invariants.get(self.identities.len()..))
+            .unwrap_or_default()
+            .iter()
+            .map(series::entry_identity)
+            .collect();
+        let identities = || self.identities.iter().chain(&started_later);
         // Points in file order; an entry whose name does not line up is left out, and so
         // is a cluster-scoped invariant that another agent runs now.
-        let points: Vec<Option<Point>> = self
-            .identities
-            .iter()
+        let points: Vec<Option<Point>> = identities()
             .enumerate()
             .map(|(i, id)| {
                 let report = report.as_ref()?;
@@ -187,8 +195,7 @@ impl Collector for SnapshotCollector {
             })
         };
         let rows = || {
-            self.identities
-                .iter()
+            identities()
                 .zip(&points)
                 .enumerate()
                 .filter_map(|(i, (id, p))| Some((i, &id.attributes[..], p.as_ref()?)))
@@ -210,6 +217,11 @@ impl Collector for SnapshotCollector {
             descriptor(&mut encoder, &series::LEADER, &u)?.encode_gauge(&leader)?;
         }
 
+        if let Some(refused) = report.as_deref().and_then(series::config_refused_value) {
+            let u = unit(&series::CONFIG_REFUSED);
+            descriptor(&mut encoder, &series::CONFIG_REFUSED, &u)?.encode_gauge(&refused)?;
+        }
+
         let u = unit(&series::SAMPLES);
         let mut m = descriptor(&mut encoder, &series::SAMPLES, &u)?;
         for (_, attrs, p) in rows() {
@@ -222,7 +234,7 @@ impl Collector for SnapshotCollector {
 
         let u = unit(&series::PROBE_DURATION);
         let mut m = descriptor(&mut encoder, &series::PROBE_DURATION, &u)?;
-        for (i, id) in self.identities.iter().enumerate() {
+        for (i, id) in identities().enumerate() {
             if hidden(i) {
                 continue;
             }

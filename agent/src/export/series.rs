@@ -3,9 +3,11 @@
 //! invariant file), the values read from a report snapshot ([`Point`]), and the probe
 //! duration histogram recorded from every sample ([`DurationHistograms`]).
 
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::InvariantSet;
+use crate::config::spec::Scope;
 use crate::eval::State;
 use crate::report::{InvariantReport, Report};
 use crate::sample::Outcome;
@@ -132,8 +134,19 @@ pub const LEADER: MetricInfo = MetricInfo {
     help: "1 while this agent holds the leader election's Lease and runs the cluster-scoped invariants, 0 while another agent does; only with --leader-elect.",
 };
 
+/// `invariant.agent.config.refused`: whether the invariant files on disk are not in
+/// effect.
+pub const CONFIG_REFUSED: MetricInfo = MetricInfo {
+    otel: "invariant.agent.config.refused",
+    unit: "",
+    prometheus: "invariant_agent_config_refused",
+    prometheus_unit: None,
+    kind: Kind::Gauge,
+    help: "1 while the newest invariant files the agent read were refused as invalid (the invariants of an earlier version run on; the log and the report's run.config_revisions say why), 0 once a change is applied; only after the files changed during the run.",
+};
+
 /// Every metric the agent exports, in a fixed order.
-pub const METRICS: [MetricInfo; 8] = [
+pub const METRICS: [MetricInfo; 9] = [
     SAMPLES,
     PROBE_DURATION,
     VALUE,
@@ -142,6 +155,7 @@ pub const METRICS: [MetricInfo; 8] = [
     DISRUPTION,
     AVAILABILITY,
     LEADER,
+    CONFIG_REFUSED,
 ];
 
 /// Whether this agent exports the series of `entry` (an invariant of `report`) now:
@@ -150,9 +164,15 @@ pub const METRICS: [MetricInfo; 8] = [
 /// sampling; exported beside the new leader's, they would contradict them (a `violated`
 /// state that never ends), so they disappear as the new leader's appear. (Over OTLP the
 /// leader exports them in a stream of their own, see [`super::cluster`].)
+///
+/// An entry a configuration change retired is not exported either: a removed invariant's
+/// series end, and a changed one's continue from the entry with its new spec (same
+/// attributes unless they changed; its counters start again from zero, which reads as a
+/// counter reset).
 pub fn exported(report: &Report, entry: &InvariantReport) -> bool {
-    entry.scope != crate::config::spec::Scope::Cluster.as_str()
-        || report.run.leadership.as_ref().is_none_or(|l| l.leading())
+    entry.retired.is_none()
+        && (entry.scope != Scope::Cluster.as_str()
+            || report.run.leadership.as_ref().is_none_or(|l| l.leading()))
 }
 
 /// The value of `invariant.agent.leader` in `report`: 1 while this agent leads, 0 while
@@ -163,6 +183,16 @@ pub fn leader_value(report: &Report) -> Option<i64> {
         .leadership
         .as_ref()
         .map(|l| i64::from(l.leading()))
+}
+
+/// The value of `invariant.agent.config.refused` in `report`: whether its newest
+/// configuration revision was refused; `None` when the files never changed.
+pub fn config_refused_value(report: &Report) -> Option<i64> {
+    report
+        .run
+        .config_revisions
+        .last()
+        .map(|r| i64::from(r.result == crate::report::RevisionResult::Refused))
 }
 
 /// Attribute naming the invariant.
@@ -218,18 +248,36 @@ pub struct Identity {
 pub fn identities(set: &InvariantSet) -> Vec<Identity> {
     set.invariants
         .iter()
-        .map(|i| {
-            let mut attributes = Vec::with_capacity(2 + i.labels.len());
-            attributes.push((ATTR_INVARIANT.to_string(), i.name.clone()));
-            attributes.push((ATTR_OWNER.to_string(), i.owner.clone()));
-            attributes.extend(i.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Identity {
-                name: i.name.clone(),
-                cluster_scoped: i.scope == crate::config::spec::Scope::Cluster,
-                attributes,
-            }
-        })
+        .map(|i| identity(&i.name, &i.owner, &i.labels, i.scope == Scope::Cluster))
         .collect()
+}
+
+/// The identity of a report entry: the same as its invariant's (used for invariants a
+/// configuration change started after the exporters did).
+pub fn entry_identity(entry: &InvariantReport) -> Identity {
+    identity(
+        &entry.name,
+        &entry.owner,
+        &entry.labels,
+        entry.scope == Scope::Cluster.as_str(),
+    )
+}
+
+fn identity(
+    name: &str,
+    owner: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    cluster_scoped: bool,
+) -> Identity {
+    let mut attributes = Vec::with_capacity(2 + labels.len());
+    attributes.push((ATTR_INVARIANT.to_string(), name.to_string()));
+    attributes.push((ATTR_OWNER.to_string(), owner.to_string()));
+    attributes.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Identity {
+        name: name.to_string(),
+        cluster_scoped,
+        attributes,
+    }
 }
 
 /// What one invariant's series read from one report snapshot.
@@ -311,20 +359,28 @@ pub struct Counters {
 /// came out a hair lower (a decrease would read as a counter reset downstream).
 #[derive(Debug)]
 pub struct Monotonic {
-    bits: Vec<AtomicU64>,
+    /// Grows when a configuration change adds invariants.
+    bits: RwLock<Vec<AtomicU64>>,
 }
 
 impl Monotonic {
     /// `n` counters at zero.
     pub fn new(n: usize) -> Self {
         Monotonic {
-            bits: (0..n).map(|_| AtomicU64::new(0f64.to_bits())).collect(),
+            bits: RwLock::new((0..n).map(|_| AtomicU64::new(0f64.to_bits())).collect()),
         }
     }
 
     /// The larger of `value` and every value seen before for counter `i`.
     pub fn at_least(&self, i: usize, value: f64) -> f64 {
-        let Some(cell) = self.bits.get(i) else {
+        if read(&self.bits).len() <= i {
+            let mut bits = write(&self.bits);
+            while bits.len() <= i {
+                bits.push(AtomicU64::new(0f64.to_bits()));
+            }
+        }
+        let bits = read(&self.bits);
+        let Some(cell) = bits.get(i) else {
             return value;
         };
         let previous = cell
@@ -341,8 +397,22 @@ impl Monotonic {
 #[derive(Debug)]
 pub struct DurationHistograms {
     /// Per invariant × outcome: one count per bucket (the last is +Inf), then the sum's
-    /// f64 bits.
-    cells: Vec<[AtomicU64; DURATION_BOUNDS.len() + 2]>,
+    /// f64 bits. Grows when a configuration change adds invariants (see
+    /// [`DurationHistograms::grow`]); the lock is otherwise only ever read.
+    cells: RwLock<Vec<Cell>>,
+}
+
+type Cell = [AtomicU64; DURATION_BOUNDS.len() + 2];
+
+/// Reads a lock that no panic can leave inconsistent (every update is whole).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A histogram read at one moment.
@@ -359,17 +429,25 @@ pub struct HistogramSnapshot {
 impl DurationHistograms {
     /// Empty histograms for `invariants` invariants.
     pub fn new(invariants: usize) -> Self {
-        let cells = (0..invariants * DURATION_OUTCOMES.len())
-            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-            .collect();
-        DurationHistograms { cells }
+        let h = DurationHistograms {
+            cells: RwLock::new(Vec::new()),
+        };
+        h.grow(invariants);
+        h
+    }
+
+    /// Makes room for `invariants` invariants in all (a configuration change added some).
+    pub fn grow(&self, invariants: usize) {
+        let mut cells = write(&self.cells);
+        while cells.len() < invariants * DURATION_OUTCOMES.len() {
+            cells.push(std::array::from_fn(|_| AtomicU64::new(0)));
+        }
     }
 
     /// Records one sample's duration.
     pub fn record(&self, invariant: usize, outcome: Outcome, seconds: f64) {
-        let Some(cell) = self
-            .cells
-            .get(invariant * DURATION_OUTCOMES.len() + outcome_index(outcome))
+        let cells = read(&self.cells);
+        let Some(cell) = cells.get(invariant * DURATION_OUTCOMES.len() + outcome_index(outcome))
         else {
             return;
         };
@@ -392,9 +470,8 @@ impl DurationHistograms {
     /// The histogram of one invariant and outcome index; `None` without observations.
     /// The count is the sum of the buckets, so the two always agree.
     pub fn read(&self, invariant: usize, outcome: usize) -> Option<HistogramSnapshot> {
-        let cell = self
-            .cells
-            .get(invariant * DURATION_OUTCOMES.len() + outcome)?;
+        let cells = read(&self.cells);
+        let cell = cells.get(invariant * DURATION_OUTCOMES.len() + outcome)?;
         let mut buckets = Vec::with_capacity(DURATION_BOUNDS.len() + 1);
         let mut count = 0u64;
         for (i, bound) in DURATION_BOUNDS
@@ -439,6 +516,7 @@ mod tests {
                 "invariant_disruption_seconds_total",
                 "invariant_availability_ratio",
                 "invariant_agent_leader",
+                "invariant_agent_config_refused",
             ]
         );
     }

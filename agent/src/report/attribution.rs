@@ -186,6 +186,7 @@ invariants:
             node: None,
             leadership: None,
             gaps: Vec::new(),
+            config_revisions: Vec::new(),
         };
         let inv = InvariantReport::new(&set.invariants[0], summary(intervals));
         Report::new(run, vec![inv]).with_annotations(tests.iter().map(|&(name, s, e)| Annotation {

@@ -144,6 +144,10 @@ pub struct RunInfo {
     /// interrupted.
     #[serde(default)]
     pub gaps: Vec<Gap>,
+    /// Every change of the invariant files seen while running (see
+    /// [`ConfigRevision`]), oldest first; empty when the files never changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_revisions: Vec<ConfigRevision>,
 }
 
 /// A stretch of the run with no samples at all.
@@ -217,6 +221,72 @@ impl RunInfo {
             )
         })
     }
+}
+
+/// One change of the invariant files seen while running: applied (the invariants named
+/// were added, restarted with their new spec, or stopped; all others ran on untouched) or
+/// refused (invalid: nothing changed, the problems say why).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRevision {
+    /// When the agent read the changed files.
+    pub at: Timestamp,
+    /// SHA-256 of the files' bytes, concatenated in order (`sha256sum` of a single file);
+    /// `None` when a file could not be read.
+    pub hash: Option<String>,
+    /// Whether the change was applied or refused.
+    pub result: RevisionResult,
+    /// Invariants that started with this revision.
+    #[serde(default)]
+    pub added: Vec<String>,
+    /// Invariants whose spec changed: the entry of the old spec is retired and a new
+    /// entry, with fresh state, follows it.
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// Invariants that stopped with this revision.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// Why a refused revision was refused, one `file:line:column: field: problem` each.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+/// What became of a [`ConfigRevision`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevisionResult {
+    /// Valid and in effect from its time on.
+    Applied,
+    /// Invalid; the invariants before it kept running.
+    Refused,
+}
+
+/// Why an invariant's entry stopped before the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetiredReason {
+    /// The invariant is no longer in the files.
+    Removed,
+    /// Its spec changed; the entry with the new spec follows this one.
+    Changed,
+}
+
+impl RetiredReason {
+    /// The snake_case name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetiredReason::Removed => "removed",
+            RetiredReason::Changed => "changed",
+        }
+    }
+}
+
+/// When and why an invariant's entry stopped sampling before the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    /// When the configuration revision that stopped it was applied.
+    pub at: Timestamp,
+    /// Why.
+    pub reason: RetiredReason,
 }
 
 /// When this agent held the leader election's Lease, and so ran the cluster-scoped
@@ -383,6 +453,14 @@ pub struct InvariantReport {
     /// agent leads. `None` otherwise.
     #[serde(default)]
     pub note: Option<String>,
+    /// When this entry started, if later than the run: a configuration change added the
+    /// invariant or changed its spec (see `run.config_revisions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<Timestamp>,
+    /// When and why this entry stopped before the run ended (removed from the files, or
+    /// its spec changed); its numbers cover the time until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retired>,
     /// What the evaluator measured.
     #[serde(flatten)]
     pub summary: Summary,
@@ -414,6 +492,8 @@ impl InvariantReport {
             unexpected_violations: 0,
             expected_violations: 0,
             note: None,
+            active_from: None,
+            retired: None,
             summary,
         };
         entry.judge();
@@ -840,6 +920,7 @@ mod tests {
             node: None,
             leadership: None,
             gaps: Vec::new(),
+            config_revisions: Vec::new(),
         };
         let report = Report::new(run, Vec::new())
             .with_annotations([annotation(&big, 0, None)])

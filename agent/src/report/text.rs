@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{Report, RunStatus, Verdict};
+use super::{InvariantReport, Report, RevisionResult, RunStatus, Verdict};
 
 /// Renders a table of invariants (worst first) and each violation interval.
 pub fn render(report: &Report) -> String {
@@ -43,8 +43,33 @@ pub fn render(report: &Report) -> String {
             l.lease, l.identity
         );
     }
+    for r in &run.config_revisions {
+        let _ = match r.result {
+            RevisionResult::Applied => writeln!(
+                out,
+                "config change applied at {}: added [{}], changed [{}], removed [{}]",
+                r.at,
+                r.added.join(", "),
+                r.changed.join(", "),
+                r.removed.join(", ")
+            ),
+            RevisionResult::Refused => writeln!(
+                out,
+                "config change refused at {} ({} problem{}): {}",
+                r.at,
+                r.problems.len(),
+                if r.problems.len() == 1 { "" } else { "s" },
+                r.problems.first().map_or("", String::as_str)
+            ),
+        };
+    }
     let rows = report.by_severity();
-    let width = rows.iter().map(|i| i.name.len()).max().unwrap_or(4).max(9);
+    let width = rows
+        .iter()
+        .map(|i| label(i).len())
+        .max()
+        .unwrap_or(4)
+        .max(9);
     let _ = writeln!(
         out,
         "\n{:<width$}  {:<19}  {:>17}  {:>8}  {:>10}  CONDITION",
@@ -60,7 +85,7 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:<width$}  {:<19}  {:>17}  {:>8}  {:>9.1}s  {}",
-            i.name,
+            label(i),
             i.verdict.as_str(),
             format!("{}/{}/{}", s.ok, s.failed, s.absent),
             avail,
@@ -122,4 +147,14 @@ pub fn render(report: &Report) -> String {
         );
     }
     out
+}
+
+/// The invariant's name, with when it started or stopped if a configuration change
+/// made it run only part of the run.
+fn label(i: &InvariantReport) -> String {
+    match (i.retired, i.active_from) {
+        (Some(r), _) => format!("{} ({} at {})", i.name, r.reason.as_str(), r.at),
+        (None, Some(from)) => format!("{} (from {from})", i.name),
+        (None, None) => i.name.clone(),
+    }
 }
