@@ -299,6 +299,15 @@ struct Connection {
     tls: bool,
 }
 
+/// One watch event (not a bookmark) the proxy passed to an agent.
+#[derive(Clone, Debug)]
+struct Delivered {
+    at: Instant,
+    agent: usize,
+    /// The watch's path, e.g. `/api/v1/nodes`.
+    path: String,
+}
+
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// An HTTPS proxy in front of the real API server that counts what each agent sends:
@@ -312,6 +321,7 @@ struct CountingProxy {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>,
     requests: Mutex<Vec<Seen>>,
     connections: Mutex<Vec<Connection>>,
+    events: Mutex<Vec<Delivered>>,
     /// Watch streams open now, by agent.
     open_watches: Mutex<BTreeMap<usize, usize>>,
 }
@@ -351,6 +361,7 @@ impl CountingProxy {
             client: Client::builder(TokioExecutor::new()).build(connector),
             requests: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
             open_watches: Mutex::new(BTreeMap::new()),
         })
     }
@@ -419,11 +430,25 @@ impl CountingProxy {
             return Ok(response.map(|b| b.boxed_unsync()));
         }
         // The stream counts as open until its body is dropped: ended by the API server
-        // (timeoutSeconds) or by the agent.
+        // (timeoutSeconds) or by the agent. Its events are JSON objects, one per line.
         let open = OpenWatch::new(self.clone(), agent);
+        let path = target.split('?').next().unwrap_or("").to_string();
+        let mut partial = Vec::new();
         Ok(response.map(move |b| {
             b.map_frame(move |frame| {
-                let _ = &open;
+                if let Some(data) = frame.data_ref() {
+                    partial.extend_from_slice(data);
+                    while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = partial.drain(..=end).collect();
+                        if !line.starts_with(b"{\"type\":\"BOOKMARK\"") {
+                            open.proxy.events.lock().unwrap().push(Delivered {
+                                at: Instant::now(),
+                                agent,
+                                path: path.clone(),
+                            });
+                        }
+                    }
+                }
                 frame
             })
             .boxed_unsync()
@@ -432,6 +457,10 @@ impl CountingProxy {
 
     fn requests(&self) -> Vec<Seen> {
         self.requests.lock().unwrap().clone()
+    }
+
+    fn events(&self) -> Vec<Delivered> {
+        self.events.lock().unwrap().clone()
     }
 
     fn connections(&self) -> Vec<Connection> {
@@ -628,26 +657,71 @@ struct Step {
     leader_watches: usize,
     follower_watches: usize,
     node_watches: usize,
+    /// Changes the test made to a Node during the window...
+    node_changes: usize,
+    /// ...and the watch events about Nodes the agents received, by role.
+    leader_node_events: usize,
+    follower_events: usize,
+    node_agent_node_events: usize,
 }
 
-/// Measures `WINDOW` of traffic; `leader` is the agent leading.
+/// The Node whose changes the test makes during each window.
+const CHANGED_NODE: &str = "scale-node";
+
+/// Changes of [`CHANGED_NODE`] per window.
+const NODE_CHANGES: usize = 5;
+
+/// Changes an annotation of [`CHANGED_NODE`] [`NODE_CHANGES`] times, 1.5 s apart from
+/// 1 s into the window (the last well before its end); returns how many changes it made.
+async fn change_node(kube: &KubeApiserver, step: usize) -> usize {
+    for i in 0..NODE_CHANGES {
+        tokio::time::sleep(Duration::from_millis(if i == 0 { 1_000 } else { 1_500 })).await;
+        let patch = format!(
+            r#"{{"metadata":{{"annotations":{{"invariant-agent-test/change":"{step}-{i}"}}}}}}"#
+        );
+        kube.kubectl_admin_ok(&["patch", "node", CHANGED_NODE, "--type=merge", "-p", &patch])
+            .await;
+    }
+    NODE_CHANGES
+}
+
+/// Measures `WINDOW` of traffic while the test changes a Node; `leader` is the agent
+/// leading.
 async fn measure(fleet: &Fleet, leader: usize) -> Step {
     let start = Instant::now();
-    let (mut leader_watches, mut follower_watches, mut node_watches) = (0, 0, 0);
     let nodes = fleet.with_role(Role::Node);
     let followers: Vec<usize> = fleet
         .with_role(Role::Cluster)
         .into_iter()
         .filter(|c| *c != leader)
         .collect();
-    while start.elapsed() < WINDOW {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        leader_watches = leader_watches.max(fleet.proxy.open_watches(leader));
-        follower_watches =
-            follower_watches.max(followers.iter().map(|f| fleet.proxy.open_watches(*f)).sum());
-        node_watches = node_watches.max(nodes.iter().map(|n| fleet.proxy.open_watches(*n)).sum());
-    }
+    let sampling = async {
+        let (mut leader_watches, mut follower_watches, mut node_watches) = (0, 0, 0);
+        while start.elapsed() < WINDOW {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            leader_watches = leader_watches.max(fleet.proxy.open_watches(leader));
+            follower_watches =
+                follower_watches.max(followers.iter().map(|f| fleet.proxy.open_watches(*f)).sum());
+            node_watches =
+                node_watches.max(nodes.iter().map(|n| fleet.proxy.open_watches(*n)).sum());
+        }
+        (leader_watches, follower_watches, node_watches)
+    };
+    let ((leader_watches, follower_watches, node_watches), node_changes) =
+        tokio::join!(sampling, change_node(&fleet.kube, nodes.len()));
     let end = Instant::now();
+    let events: Vec<Delivered> = fleet
+        .proxy
+        .events()
+        .into_iter()
+        .filter(|e| e.at >= start && e.at < end)
+        .collect();
+    let node_events = |agent: &dyn Fn(usize) -> bool| {
+        events
+            .iter()
+            .filter(|e| agent(e.agent) && e.path == "/api/v1/nodes")
+            .count()
+    };
     let seconds = (end - start).as_secs_f64();
     let in_window = |at: Instant| at >= start && at < end;
     let requests: Vec<Seen> = fleet
@@ -698,6 +772,13 @@ async fn measure(fleet: &Fleet, leader: usize) -> Step {
         leader_watches,
         follower_watches,
         node_watches,
+        node_changes,
+        leader_node_events: node_events(&|a| a == leader),
+        follower_events: events
+            .iter()
+            .filter(|e| followers.contains(&e.agent))
+            .count(),
+        node_agent_node_events: node_events(&|a| fleet.roles[a] == Role::Node),
     }
 }
 
@@ -760,6 +841,17 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
     file["invariants"] = invariants.into();
 
     let mut fleet = Fleet::start(&file).await;
+    let node_object =
+        format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{CHANGED_NODE}"}}}}"#);
+    let created = fleet
+        .kube
+        .kubectl_with_stdin(
+            fleet.kube.admin_kubeconfig(),
+            &["create", "-f", "-"],
+            Some(&node_object),
+        )
+        .await;
+    assert_eq!(created.code, Some(0), "{}", created.stderr);
     let started = Instant::now();
     for _ in 0..CLUSTER_REPLICAS {
         fleet.start_agent(Role::Cluster).await;
@@ -785,7 +877,8 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
     let lease_rate = CLUSTER_REPLICAS as f64 / LEASE_ROUND_S;
     println!(
         "nodes  seconds  Lease req/s  leader polls/s  node polls/s  per node  \
-         watches (leader+nodes)  node TCP connects/s  total req/s (formula)"
+         watches (leader+nodes)  node TCP connects/s  total req/s (formula)  Node events \
+         to leader + node agents per change"
     );
     for step in &steps {
         let k = step.nodes as f64;
@@ -794,7 +887,7 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
         let measured_total = (step.lease + step.leader_polls + step.node_polls) as f64 / s;
         println!(
             "{:>5}  {s:>7.1}  {:>11.2}  {:>14.2}  {:>12.2}  {:>8.2}  {:>9} ({formula_watches})  \
-             {:>19.2}  {measured_total:.2} ({formula:.2} incl. watch re-opens)",
+             {:>19.2}  {measured_total:.2} ({formula:.2} incl. watch re-opens)  {} + {}",
             step.nodes,
             step.lease as f64 / s,
             step.leader_polls as f64 / s,
@@ -802,6 +895,8 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
             step.node_polls as f64 / s / k,
             step.leader_watches + step.node_watches,
             step.node_connects as f64 / s,
+            step.leader_node_events as f64 / step.node_changes as f64,
+            step.node_agent_node_events as f64 / step.node_changes as f64,
         );
         let what = |term: &str| format!("{term} with {} node agents", step.nodes);
         // Each periodic invariant (and each replica's election) may land one sample more
@@ -842,6 +937,15 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
             s,
             k * (node.connect_invariants as f64 + 1.0),
         );
+        // Every change of a watched object goes to every agent watching it: once to the
+        // leader, once to each node agent (a node-scoped watch), never to the follower.
+        assert_eq!(step.leader_node_events, step.node_changes, "{step:?}");
+        assert_eq!(
+            step.node_agent_node_events,
+            step.nodes * step.node_changes,
+            "{step:?}"
+        );
+        assert_eq!(step.follower_events, 0, "{step:?}");
         assert_eq!(step.leader_watches, cluster.watches, "{step:?}");
         assert_eq!(step.node_watches, step.nodes * node.watches, "{step:?}");
         assert_eq!(step.follower_watches, 0, "{step:?}");
