@@ -288,6 +288,8 @@ struct Seen {
     kind: Kind,
     method: Method,
     target: String,
+    /// The API server's answer (502: the proxy could not reach it).
+    status: u16,
 }
 
 /// One connection the proxy accepted; `tls` is false when the client closed it without
@@ -406,18 +408,22 @@ impl CountingProxy {
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_else(|| "/".to_string());
-        self.requests.lock().unwrap().push(Seen {
-            at: Instant::now(),
-            agent,
-            kind,
-            method: request.method().clone(),
-            target: target.clone(),
-        });
+        let at = Instant::now();
+        let method = request.method().clone();
         let (mut parts, body) = request.into_parts();
         parts.uri = format!("{}{target}", self.upstream).parse().unwrap();
         parts.headers.remove(HOST);
         let upstream = Request::from_parts(parts, body.boxed_unsync());
-        let response = match self.client.request(upstream).await {
+        let response = self.client.request(upstream).await;
+        self.requests.lock().unwrap().push(Seen {
+            at,
+            agent,
+            kind,
+            method,
+            target: target.clone(),
+            status: response.as_ref().map_or(502, |r| r.status().as_u16()),
+        });
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 let body = Full::new(Bytes::from(format!("proxy: {e}")))
@@ -599,13 +605,20 @@ impl Fleet {
             .collect()
     }
 
-    /// The cluster agent that writes the Lease (creates or updates it), if one does.
+    /// The cluster agent that wrote the Lease (created or updated it) since `since`, if
+    /// one did. Attempts the API server refused (409: another candidate wrote first) do
+    /// not count.
     fn leader(&self, since: Instant) -> Option<usize> {
         let writers: BTreeSet<usize> = self
             .proxy
             .requests()
             .iter()
-            .filter(|s| s.at >= since && s.kind == Kind::Lease && s.method != Method::GET)
+            .filter(|s| {
+                s.at >= since
+                    && s.kind == Kind::Lease
+                    && s.method != Method::GET
+                    && (200..300).contains(&s.status)
+            })
             .map(|s| s.agent)
             .collect();
         assert!(
@@ -1032,5 +1045,83 @@ async fn kube_scale_request_rate_matches_the_formula_and_grows_only_with_node_ag
         deployment_load(&node, &cluster, 5_000.0).0,
         deployment_load(&node, &cluster, 5_000.0).1,
         deployment_load(&node, &cluster, 5_000.0).2,
+    );
+}
+
+/// The Lease term is R/2 requests/s for R candidates, whatever they run: why the node
+/// agents must not be candidates. Ten agents with `--leader-elect` (as every node of a
+/// DaemonSet was before the split) read or write the Lease five times a second in all,
+/// one of them writes it, and the others send nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scale_lease_requests_grow_with_the_candidates() {
+    const CANDIDATES: usize = 10;
+    let file: serde_json::Value = serde_saphyr::from_str(
+        r#"
+apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: cluster-readyz
+    description: The API server is ready (sampled by the leader only).
+    owner: test
+    scope: cluster
+    interval: 1s
+    probe:
+      apiserver: {path: /readyz}
+    condition:
+      availability: {target: 100, window: 1m}
+"#,
+    )
+    .unwrap();
+    let mut fleet = Fleet::start(&file).await;
+    for _ in 0..CANDIDATES {
+        fleet.start_agent(Role::Cluster).await;
+    }
+    let leader = fleet.wait_settled(0, 0).await;
+    // Every candidate has started its rounds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..CANDIDATES).any(|c| {
+        !fleet
+            .proxy
+            .requests()
+            .iter()
+            .any(|s| s.agent == c && s.kind == Kind::Lease)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "not every candidate asked for the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let start = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let end = Instant::now();
+    let seconds = (end - start).as_secs_f64();
+    let requests: Vec<Seen> = fleet
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|s| s.at >= start && s.at < end)
+        .collect();
+    let lease = requests.iter().filter(|s| s.kind == Kind::Lease).count();
+    println!(
+        "{CANDIDATES} candidates: {:.2} Lease requests/s (formula {:.2})",
+        lease as f64 / seconds,
+        CANDIDATES as f64 / LEASE_ROUND_S
+    );
+    assert_count(
+        "Lease requests of 10 candidates",
+        lease,
+        CANDIDATES as f64 / LEASE_ROUND_S,
+        seconds,
+        2.0 * CANDIDATES as f64,
+    );
+    assert_eq!(fleet.leader(start), Some(leader));
+    let others: Vec<&Seen> = requests
+        .iter()
+        .filter(|s| s.agent != leader && s.kind != Kind::Lease)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "followers sent more than Lease reads: {others:?}"
     );
 }
