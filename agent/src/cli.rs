@@ -158,6 +158,22 @@ pub struct CommonRunArgs {
     /// Kubernetes credentials for apiserver, resource and events probes.
     #[command(flatten)]
     pub kube: crate::kube::KubeArgs,
+    /// Which scopes of invariants this agent runs (node, cluster, or all).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SCOPE",
+        default_value_t = config::ScopeSelection::All,
+        env = "INVARIANT_AGENT_SCOPE",
+        help_heading = "Leader election",
+        long_help = "Which invariants this agent runs, by their scope: `node` (only \
+            scope: node ones; the DaemonSet, one agent per node, no Lease), `cluster` (only \
+            scope: cluster ones; a small Deployment with --leader-elect, so one replica \
+            samples them), or `all` (a sidecar, a local run). The others are left out of \
+            this agent's run and report. A file with no invariant of the selected scope is \
+            not an error: the agent says so and samples nothing."
+    )]
+    pub scope: config::ScopeSelection,
     /// Leader election: which agent runs the cluster-scoped invariants.
     #[command(flatten)]
     pub leader_elect: crate::kube::lease::LeaderElectArgs,
@@ -294,6 +310,7 @@ pub fn run_options(
         report: common.report,
         api: common.api,
         kube: common.kube,
+        scope: common.scope,
         leader_elect: common.leader_elect,
         reload: None,
     }

@@ -48,6 +48,9 @@ pub struct RunOptions {
     /// Kubernetes credentials, used only when an invariant has a Kubernetes probe (or for
     /// leader election).
     pub kube: crate::kube::KubeArgs,
+    /// Which scopes of invariants this agent runs; the others are left out of `set`
+    /// before anything starts (a reload must apply it again).
+    pub scope: crate::config::ScopeSelection,
     /// Leader election: whether only the agent holding a Lease runs cluster-scoped
     /// invariants.
     pub leader_elect: crate::kube::lease::LeaderElectArgs,
@@ -95,7 +98,11 @@ pub enum RunError {
 const API_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` resolves or the duration passes, then returns the final report.
-pub async fn run(options: RunOptions, stop: impl Future<Output = ()>) -> Result<Report, RunError> {
+pub async fn run(
+    mut options: RunOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<Report, RunError> {
+    select_scope(&mut options);
     let mut jobs = Vec::with_capacity(options.set.invariants.len());
     let probe_context = crate::probe::ProbeContext::new(&options.set, &options.kube).await?;
     // The run id: configured, else (under leader election) the one on the Lease that
@@ -324,6 +331,33 @@ pub(crate) fn job(
             .filter(|_| invariant.scope == crate::config::spec::Scope::Cluster)
             .cloned(),
     })
+}
+
+/// Leaves out the invariants `--scope` does not select, and says what this agent runs.
+fn select_scope(options: &mut RunOptions) {
+    let scope = options.scope;
+    let left_out = scope.apply(&mut options.set);
+    let kept = options.set.invariants.len();
+    if scope == crate::config::ScopeSelection::All {
+        return;
+    }
+    if kept == 0 {
+        tracing::warn!(
+            scope = scope.as_str(),
+            left_out,
+            "--scope {}: no invariant in the files has this scope, so this agent samples nothing",
+            scope.as_str()
+        );
+    } else {
+        tracing::info!(
+            scope = scope.as_str(),
+            invariants = kept,
+            left_out,
+            "--scope {}: running only the {} invariants; the others are left to agents with another --scope",
+            scope.as_str(),
+            scope.as_str()
+        );
+    }
 }
 
 /// Starts the gRPC API when `--grpc-listen` is given (binding before sampling starts, like

@@ -146,3 +146,71 @@ fn help_explains_exit_codes_and_first_steps() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+/// `run --scope` keeps only the invariants of the selected scope in the run and its
+/// report, and a file with none of that scope is a run that samples nothing and says so,
+/// not an error.
+#[tokio::test]
+async fn run_scope_selects_invariants_by_scope() {
+    let both = r#"  - name: on-every-node
+    description: node-scoped
+    owner: sig-testing
+    scope: node
+    interval: 200ms
+    probe:
+      tcp: {address: "127.0.0.1:1"}
+    condition:
+      availability: {target: 50, window: 1m}
+  - name: once-per-cluster
+    description: cluster-scoped
+    owner: sig-testing
+    scope: cluster
+    interval: 200ms
+    probe:
+      tcp: {address: "127.0.0.1:1"}
+    condition:
+      availability: {target: 50, window: 1m}
+"#;
+    let names = |report: &serde_json::Value| -> Vec<String> {
+        report["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (scope, expected) in [
+        ("all", vec!["on-every-node", "once-per-cluster"]),
+        ("node", vec!["on-every-node"]),
+        ("cluster", vec!["once-per-cluster"]),
+    ] {
+        let ws = Workspace::new();
+        let config = ws.config(both);
+        let done = wait(spawn_agent(
+            &ws,
+            &config,
+            &["--duration", "1s", "--scope", scope],
+        ))
+        .await;
+        assert_eq!(done.code, Some(0), "--scope {scope}: {}", done.stderr);
+        assert_eq!(names(&ws.report()), expected, "--scope {scope}");
+    }
+
+    let ws = Workspace::new();
+    let only_node = both.split("  - name: once-per-cluster").next().unwrap();
+    let config = ws.config(only_node);
+    let done = wait(spawn_agent(
+        &ws,
+        &config,
+        &["--duration", "1s", "--scope", "cluster"],
+    ))
+    .await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("--scope cluster: no invariant in the files has this scope"),
+        "{}",
+        done.stderr
+    );
+    assert!(names(&ws.report()).is_empty());
+}

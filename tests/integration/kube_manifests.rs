@@ -1,14 +1,17 @@
 //! The deployment manifests in `manifests/` against a real API server: every Kubernetes
 //! manifest (and the kustomize build) passes a server-side dry run with no warning, the
-//! pods meet Pod Security "restricted", the agent's RBAC grants exactly what the agent
-//! needs and nothing near Secrets or writes, the default invariant file and the agent's
-//! arguments in the manifests are accepted by the agent, and the default invariants hold
-//! when the real agent runs them against a real API server with the agent's own RBAC.
+//! pods meet Pod Security "restricted", the agents' RBAC grants exactly what each needs
+//! (the cluster agents what they read and the Lease, the node agents nothing) and
+//! nothing near Secrets or writes, the default invariant file and the agent's arguments
+//! in the manifests are accepted by the agent, the DaemonSet runs the node-scoped
+//! invariants and the Deployment the cluster-scoped ones under leader election, and the
+//! default invariants hold when the real agents run them split that way against a real
+//! API server, each with its own ServiceAccount's RBAC (the node agents with none).
 
 use std::path::{Path, PathBuf};
 
 use crate::kube_support::{KubeApiserver, repo_path};
-use crate::support::{Workspace, agent_command, spawn_agent, wait};
+use crate::support::{Workspace, agent_command, spawn_agent_with_env, wait};
 
 /// Files in `manifests/` that are not Kubernetes objects.
 const NOT_KUBERNETES_OBJECTS: [&str; 3] = [
@@ -17,8 +20,18 @@ const NOT_KUBERNETES_OBJECTS: [&str; 3] = [
     "otel-collector-config.yaml",
 ];
 
-/// The agent's ServiceAccount, as `kubectl --as` names it.
+/// The cluster agents' ServiceAccount (deployment.yaml), as `kubectl --as` names it.
 const AGENT: &str = "system:serviceaccount:invariant-agent:invariant-agent";
+
+/// The node agents' ServiceAccount (daemonset.yaml).
+const NODE_AGENT: &str = "system:serviceaccount:invariant-agent:invariant-agent-node";
+
+/// The manifests that run the agent.
+const AGENT_MANIFESTS: [&str; 3] = [
+    "manifests/daemonset.yaml",
+    "manifests/deployment.yaml",
+    "manifests/sidecar/e2e-pod.yaml",
+];
 
 /// Every Kubernetes manifest under `manifests/` (recursively), sorted.
 fn kubernetes_manifests() -> Vec<PathBuf> {
@@ -56,8 +69,8 @@ fn default_invariant_file_validates() {
     assert!(out.stdout.contains("ok: "), "{}", out.stdout);
 }
 
-/// The agent's container in `manifest` (a DaemonSet or a Pod; a container or a native
-/// sidecar named invariant-agent) and the pod spec it is in.
+/// The agent's container in `manifest` (a DaemonSet, Deployment or Pod; a container or a
+/// native sidecar named invariant-agent) and the pod spec it is in.
 fn agent_container(manifest: &str) -> (serde_json::Value, serde_json::Value) {
     let path = repo_path(manifest);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -78,12 +91,12 @@ fn agent_container(manifest: &str) -> (serde_json::Value, serde_json::Value) {
     (container, pod)
 }
 
-/// The agent runs as a non-root user on a read-only root filesystem, in both manifests
+/// The agent runs as a non-root user on a read-only root filesystem, in every manifest
 /// and in the image: Pod Security "restricted" (checked by the dry run below) requires
 /// non-root but not a read-only root, so that is asserted here.
 #[test]
 fn the_agent_runs_non_root_on_a_read_only_root_filesystem() {
-    for manifest in ["manifests/daemonset.yaml", "manifests/sidecar/e2e-pod.yaml"] {
+    for manifest in AGENT_MANIFESTS {
         let (container, pod) = agent_container(manifest);
         let security = &container["securityContext"];
         assert_eq!(security["readOnlyRootFilesystem"], true, "{manifest}");
@@ -124,20 +137,28 @@ fn the_agent_runs_non_root_on_a_read_only_root_filesystem() {
     );
 }
 
-/// The agent in the DaemonSet and in the sidecar example runs `invariant-agent run` with
-/// flags the agent knows, and reads its invariant file from where a volume is mounted.
+/// The agent's arguments in `manifest`.
+fn agent_args(manifest: &str) -> Vec<String> {
+    let (container, _) = agent_container(manifest);
+    container["args"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{manifest}: the agent has no args"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The agent in the DaemonSet, the Deployment and the sidecar example runs
+/// `invariant-agent run` with flags the agent knows, and reads its invariant file from
+/// where a volume is mounted.
 #[test]
 fn agent_arguments_in_manifests_are_accepted_by_the_agent() {
     let help = agent_command(&["run", "--help"]);
     assert_eq!(help.code, Some(0), "{}", help.stderr);
-    for manifest in ["manifests/daemonset.yaml", "manifests/sidecar/e2e-pod.yaml"] {
+    for manifest in AGENT_MANIFESTS {
         let (container, _) = agent_container(manifest);
-        let args: Vec<&str> = container["args"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{manifest}: the agent has no args"))
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = agent_args(manifest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         assert_eq!(args.first(), Some(&"run"), "{manifest}: {args:?}");
         for flag in args.iter().filter(|a| a.starts_with("--")) {
             let name = flag.split('=').next().unwrap();
@@ -158,6 +179,68 @@ fn agent_arguments_in_manifests_are_accepted_by_the_agent() {
             .filter_map(|m| m["mountPath"].as_str())
             .any(|dir| Path::new(config).parent() == Some(Path::new(dir)));
         assert!(mounted, "{manifest}: nothing is mounted where {config} is");
+    }
+}
+
+/// The split that keeps the API server's load flat in the number of nodes: the
+/// DaemonSet runs only the node-scoped invariants, with no token and no leader election
+/// (no Lease requests from the nodes); the Deployment runs only the cluster-scoped ones,
+/// two replicas under leader election with the ServiceAccount that may hold the Lease;
+/// the sidecar, alone in its pod, runs all of them. The default invariant file has
+/// invariants of both scopes, so neither workload is idle.
+#[test]
+fn daemonset_runs_node_scope_and_deployment_cluster_scope_under_leader_election() {
+    let value_of = |args: &[String], flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    };
+    let daemonset = agent_args("manifests/daemonset.yaml");
+    assert_eq!(value_of(&daemonset, "--scope").as_deref(), Some("node"));
+    assert!(
+        !daemonset.iter().any(|a| a == "--leader-elect"),
+        "{daemonset:?}"
+    );
+    let (_, pod) = agent_container("manifests/daemonset.yaml");
+    assert_eq!(pod["serviceAccountName"], "invariant-agent-node");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    let deployment = agent_args("manifests/deployment.yaml");
+    assert_eq!(value_of(&deployment, "--scope").as_deref(), Some("cluster"));
+    assert!(
+        deployment.iter().any(|a| a == "--leader-elect"),
+        "{deployment:?}"
+    );
+    let (_, pod) = agent_container("manifests/deployment.yaml");
+    assert_eq!(pod["serviceAccountName"], "invariant-agent");
+    let text = std::fs::read_to_string(repo_path("manifests/deployment.yaml")).unwrap();
+    let object: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(object["spec"]["replicas"], 2);
+    let text = std::fs::read_to_string(repo_path("manifests/poddisruptionbudget.yaml")).unwrap();
+    let pdb: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], object["spec"]["selector"]["matchLabels"],
+        "the PodDisruptionBudget covers the cluster agents"
+    );
+
+    let sidecar = agent_args("manifests/sidecar/e2e-pod.yaml");
+    assert_eq!(
+        value_of(&sidecar, "--scope"),
+        None,
+        "the sidecar runs every scope"
+    );
+
+    let text = std::fs::read_to_string(repo_path("manifests/invariants.yaml")).unwrap();
+    let set: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    for scope in ["node", "cluster"] {
+        assert!(
+            set["invariants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["scope"] == scope),
+            "manifests/invariants.yaml has no {scope}-scoped invariant"
+        );
     }
 }
 
@@ -228,7 +311,10 @@ async fn kube_manifests_pass_server_side_dry_run() {
         "RoleBinding",
         "ConfigMap",
         "DaemonSet",
+        "Deployment",
+        "PodDisruptionBudget",
         "Service",
+        "NetworkPolicy",
     ] {
         assert!(
             built.contains(&format!("\nkind: {kind}\n")),
@@ -251,26 +337,28 @@ async fn kube_manifests_pass_server_side_dry_run() {
     );
     assert!(!out.stderr.contains("Warning"), "{}", out.stderr);
 
-    // The Pod Security check above is not vacuous: a DaemonSet that escalates privileges
-    // draws a warning from the same namespace.
-    let daemonset = std::fs::read_to_string(repo_path("manifests/daemonset.yaml")).unwrap();
-    let escalating = daemonset.replace(
-        "allowPrivilegeEscalation: false",
-        "allowPrivilegeEscalation: true",
-    );
-    assert_ne!(daemonset, escalating);
-    let out = kube
-        .kubectl_with_stdin(
-            kube.admin_kubeconfig(),
-            &["apply", "--dry-run=server", "-f", "-"],
-            Some(&escalating),
-        )
-        .await;
-    assert!(
-        out.stderr.contains("violate PodSecurity \"restricted"),
-        "no Pod Security warning for allowPrivilegeEscalation: true:\n{}",
-        out.stderr
-    );
+    // The Pod Security check above is not vacuous: a DaemonSet or Deployment that
+    // escalates privileges draws a warning from the same namespace.
+    for manifest in ["manifests/daemonset.yaml", "manifests/deployment.yaml"] {
+        let workload = std::fs::read_to_string(repo_path(manifest)).unwrap();
+        let escalating = workload.replace(
+            "allowPrivilegeEscalation: false",
+            "allowPrivilegeEscalation: true",
+        );
+        assert_ne!(workload, escalating);
+        let out = kube
+            .kubectl_with_stdin(
+                kube.admin_kubeconfig(),
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(&escalating),
+            )
+            .await;
+        assert!(
+            out.stderr.contains("violate PodSecurity \"restricted"),
+            "{manifest}: no Pod Security warning for allowPrivilegeEscalation: true:\n{}",
+            out.stderr
+        );
+    }
 }
 
 #[tokio::test]
@@ -360,10 +448,25 @@ async fn kube_agent_rbac_is_least_privilege() {
     ));
     denied.push(("impersonate", "users", None));
 
+    // The node agents' ServiceAccount may do none of it: no reads of objects, no
+    // /metrics, no Lease. (/readyz, /livez and /healthz stay readable, as for every
+    // user: Kubernetes grants them to everyone through system:public-info-viewer.)
+    let public_info = ["/readyz", "/livez", "/healthz"];
+    let node_denied: Vec<(&str, &str, Option<&str>)> = allowed
+        .iter()
+        .chain(denied.iter())
+        .filter(|(_, what, _)| !public_info.contains(what))
+        .copied()
+        .collect();
+
     let mut wrong = Vec::new();
-    for (expect, cases) in [("yes", &allowed), ("no", &denied)] {
+    for (who, expect, cases) in [
+        (AGENT, "yes", &allowed),
+        (AGENT, "no", &denied),
+        (NODE_AGENT, "no", &node_denied),
+    ] {
         for (verb, resource, namespace) in cases.iter() {
-            let as_agent = format!("--as={AGENT}");
+            let as_agent = format!("--as={who}");
             let mut args = vec!["auth", "can-i", verb];
             args.extend(resource.split(' '));
             args.push(as_agent.as_str());
@@ -380,7 +483,7 @@ async fn kube_agent_rbac_is_least_privilege() {
             );
             if answer != expect {
                 wrong.push(format!(
-                    "can-i {verb} {resource}{}: {answer}, want {expect}",
+                    "{who} can-i {verb} {resource}{}: {answer}, want {expect}",
                     namespace.map(|n| format!(" -n {n}")).unwrap_or_default()
                 ));
             }
@@ -388,16 +491,18 @@ async fn kube_agent_rbac_is_least_privilege() {
     }
     assert!(
         wrong.is_empty(),
-        "the agent's RBAC is off:\n{}",
+        "the agents' RBAC is off:\n{}",
         wrong.join("\n")
     );
 }
 
 /// The default invariant file, pointed at a real API server instead of the in-cluster
-/// names and run by the real agent with the agent's own ServiceAccount token and RBAC
-/// (from manifests/), holds: the probes' URLs, bodies and series match what a real API
-/// server serves, and the ServiceAccount may read all of it. Only the DNS invariant is
-/// left out (nothing here resolves cluster names); intervals are shortened to 1 s.
+/// names and run by the real agents as the manifests run them, holds: the probes' URLs,
+/// bodies and series match what a real API server serves; the cluster agent
+/// (deployment.yaml's flags, its ServiceAccount's token and RBAC) may read all of it and
+/// hold the Lease; and the node agent (daemonset.yaml's flags) needs no credentials at
+/// all. Only the DNS invariant is left out (nothing here resolves cluster names);
+/// intervals are shortened to 1 s.
 #[tokio::test]
 async fn kube_default_invariants_hold_against_a_real_api_server() {
     let kube = KubeApiserver::start().await;
@@ -449,24 +554,71 @@ async fn kube_default_invariants_hold_against_a_real_api_server() {
     let config = ws.path("invariants.yaml");
     std::fs::write(&config, serde_json::to_string_pretty(&set).unwrap()).unwrap();
 
-    let agent = spawn_agent(
+    let scope_of = |name: &str| {
+        set["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .map(|i| i["scope"].as_str().unwrap_or("node").to_string())
+            .unwrap()
+    };
+
+    let cluster_agent = spawn_agent_with_env(
         &ws,
         &config,
         &[
             "--duration",
             "6s",
+            "--scope",
+            "cluster",
+            "--leader-elect",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
         ],
+        &[
+            ("POD_NAME", "cluster-agent"),
+            ("POD_NAMESPACE", "invariant-agent"),
+        ],
     );
-    let done = wait(agent).await;
-    assert_eq!(done.code, Some(0), "{}", done.stderr);
-    let report = ws.report();
-    for invariant in report["invariants"].as_array().unwrap() {
-        assert_eq!(
-            invariant["verdict"], "held",
-            "{} against a real API server: {invariant:#}",
-            invariant["name"]
+    // The node agent gets no credentials at all, as the DaemonSet's pod has no token.
+    let node_ws = Workspace::new();
+    let node_agent = spawn_agent_with_env(
+        &node_ws,
+        &config,
+        &["--duration", "6s", "--scope", "node"],
+        &[
+            ("NODE_NAME", "node-1"),
+            ("POD_NAMESPACE", "invariant-agent"),
+        ],
+    );
+    let mut ran = 0;
+    for (what, agent, ws, scope) in [
+        ("cluster agent", cluster_agent, &ws, "cluster"),
+        ("node agent", node_agent, &node_ws, "node"),
+    ] {
+        let done = wait(agent).await;
+        assert_eq!(done.code, Some(0), "{what}: {}", done.stderr);
+        let report = ws.report();
+        let invariants = report["invariants"].as_array().unwrap();
+        assert!(
+            !invariants.is_empty(),
+            "{what} ran nothing:\n{}",
+            done.stderr
         );
+        for invariant in invariants {
+            let name = invariant["name"].as_str().unwrap();
+            assert_eq!(scope_of(name), scope, "{what} ran {name}");
+            assert_eq!(
+                invariant["verdict"], "held",
+                "{what}: {name} against a real API server: {invariant:#}"
+            );
+            ran += 1;
+        }
     }
+    let total = set["invariants"].as_array().unwrap().len();
+    assert_eq!(
+        ran, total,
+        "every invariant runs in exactly one of the two agents"
+    );
 }

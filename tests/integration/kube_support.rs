@@ -264,6 +264,29 @@ impl KubeApiserver {
         path
     }
 
+    /// Writes a kubeconfig that authenticates with `token` to `server` (an
+    /// `https://127.0.0.1:PORT` in front of this API server, such as a proxy serving
+    /// [`Self::serving_cert_files`]), as `<dir>/<name>.kubeconfig`.
+    pub fn kubeconfig_for_token_at(&self, name: &str, token: &str, server: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        let text = self.kubeconfig_text(name, token).replacen(
+            &format!("server: {}\n", self.url()),
+            &format!("server: {server}\n"),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The API server's serving certificate and key (PEM files), valid for 127.0.0.1 and
+    /// signed by [`Self::ca_file`]: a proxy in front of the API server can present them.
+    pub fn serving_cert_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("apiserver.crt"),
+            self.dir.path().join("apiserver.key"),
+        )
+    }
+
     fn kubeconfig_text(&self, user: &str, token: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\ncurrent-context: test\n",

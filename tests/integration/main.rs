@@ -16,6 +16,7 @@ mod faults;
 mod kube_leader;
 mod kube_manifests;
 mod kube_probes;
+mod kube_scale;
 mod kube_support;
 mod lifecycle;
 mod report;

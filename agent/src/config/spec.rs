@@ -117,6 +117,49 @@ impl Scope {
     }
 }
 
+/// Which scopes of invariants one agent runs (`run --scope`): the split that keeps the
+/// API server's load from growing with the number of nodes. A DaemonSet runs `node` (one
+/// agent per node, no Lease), a small Deployment with `--leader-elect` runs `cluster`
+/// (one of its replicas samples), and a lone agent (a sidecar, a local run) runs `all`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeSelection {
+    /// Every invariant, whatever its scope.
+    #[default]
+    All,
+    /// Only `scope: node` invariants.
+    Node,
+    /// Only `scope: cluster` invariants.
+    Cluster,
+}
+
+impl ScopeSelection {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeSelection::All => "all",
+            ScopeSelection::Node => "node",
+            ScopeSelection::Cluster => "cluster",
+        }
+    }
+
+    /// Whether an invariant of `scope` runs under this selection.
+    pub fn includes(self, scope: Scope) -> bool {
+        match self {
+            ScopeSelection::All => true,
+            ScopeSelection::Node => scope == Scope::Node,
+            ScopeSelection::Cluster => scope == Scope::Cluster,
+        }
+    }
+
+    /// Keeps only the invariants of `set` this selection runs; returns how many it left
+    /// out.
+    pub fn apply(self, set: &mut InvariantSet) -> usize {
+        let before = set.invariants.len();
+        set.invariants.retain(|i| self.includes(i.scope));
+        before - set.invariants.len()
+    }
+}
+
 /// How to observe a target. One variant per probe kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProbeSpec {
@@ -656,3 +699,32 @@ pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
 
 /// Label names the agent sets itself on reports and metrics; invariants may not use them.
 pub const RESERVED_LABELS: [&str; 5] = ["invariant", "owner", "outcome", "state", "scope"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_selection_keeps_only_the_selected_scope_in_file_order() {
+        let text = "apiVersion: invariant-agent/v1alpha1\nkind: InvariantSet\ninvariants:\n\
+            - {name: a, description: d, owner: o, scope: node, probe: {tcp: {address: 'h:1'}}, condition: {availability: {target: 100, window: 1m}}}\n\
+            - {name: b, description: d, owner: o, scope: cluster, probe: {tcp: {address: 'h:1'}}, condition: {availability: {target: 100, window: 1m}}}\n\
+            - {name: c, description: d, owner: o, scope: node, probe: {tcp: {address: 'h:1'}}, condition: {availability: {target: 100, window: 1m}}}\n";
+        let set = crate::config::parse_str("t.yaml", text).unwrap();
+        let names = |selection: ScopeSelection| {
+            let mut s = set.clone();
+            let left_out = selection.apply(&mut s);
+            let kept: Vec<String> = s.invariants.into_iter().map(|i| i.name).collect();
+            (kept, left_out)
+        };
+        assert_eq!(
+            names(ScopeSelection::All),
+            (vec!["a".into(), "b".into(), "c".into()], 0)
+        );
+        assert_eq!(
+            names(ScopeSelection::Node),
+            (vec!["a".into(), "c".into()], 1)
+        );
+        assert_eq!(names(ScopeSelection::Cluster), (vec!["b".into()], 2));
+    }
+}
