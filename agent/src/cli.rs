@@ -282,8 +282,9 @@ fn run_command(args: RunArgs) -> ExitCode {
         .map(|p| p.display().to_string())
         .collect();
     let fail_on_violation = args.fail_on_violation;
-    let reload = crate::reload::ReloadOptions::new(args.config, &contents, &args.reload);
     let mut options = run_options(set, names, args.common, None);
+    let reload =
+        crate::reload::ReloadOptions::new(args.config, &contents, &args.reload, options.scope);
     options.reload = Some(reload);
     execute_run(options, fail_on_violation)
 }

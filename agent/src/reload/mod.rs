@@ -66,15 +66,24 @@ pub struct ReloadOptions {
     pub poll: Option<Duration>,
     /// SHA-256 of the files the run started with.
     pub hash: Option<String>,
+    /// `--scope`: a changed file is narrowed to the same scopes as at start.
+    pub scope: crate::config::ScopeSelection,
 }
 
 impl ReloadOptions {
-    /// Options for `files`, read at start into `contents`.
-    pub fn new(files: Vec<PathBuf>, contents: &FileContents, args: &ReloadArgs) -> Self {
+    /// Options for `files`, read at start into `contents`, narrowed to `scope` like at
+    /// start.
+    pub fn new(
+        files: Vec<PathBuf>,
+        contents: &FileContents,
+        args: &ReloadArgs,
+        scope: crate::config::ScopeSelection,
+    ) -> Self {
         ReloadOptions {
             files,
             poll: (!args.config_poll_interval.is_zero()).then_some(args.config_poll_interval),
             hash: contents.hash(),
+            scope,
         }
     }
 }
@@ -172,7 +181,10 @@ impl Reloader {
         // Remembered whether applied or refused: the same content is judged once.
         self.options.hash = hash.clone();
         let set = match contents.load() {
-            Ok(set) => set,
+            Ok(mut set) => {
+                self.options.scope.apply(&mut set);
+                set
+            }
             Err(errors) => {
                 let problems = errors.0.iter().map(|e| e.to_string()).collect();
                 return self.refuse(at, hash, problems).await;
@@ -377,6 +389,7 @@ mod tests {
                 files: vec![path.clone()],
                 poll: None,
                 hash: contents.hash(),
+                scope: crate::config::ScopeSelection::All,
             },
             running: set.invariants.into_iter().enumerate().collect(),
             probes: ProbeContext::default(),
