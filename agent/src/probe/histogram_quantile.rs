@@ -454,3 +454,301 @@ impl HistogramWindow {
             .join(",")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::spec::MetricSelector;
+
+    const INF: f64 = f64::INFINITY;
+
+    fn q(quantile: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+        bucket_quantile(quantile, &mut buckets.to_vec())
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+    }
+
+    /// Results worked out by hand from promql/quantile.go's bucketQuantile.
+    #[test]
+    fn bucket_quantile_matches_prometheus_by_hand() {
+        let b = [(0.1, 50.0), (0.5, 90.0), (1.0, 99.0), (INF, 100.0)];
+        // rank 99 falls in (0.5, 1]: 0.5 + 0.5 × (99-90)/(99-90).
+        assert_eq!(q(0.99, &b), Some(1.0));
+        // rank 95: 0.5 + 0.5 × 5/9.
+        assert!(close(q(0.95, &b).unwrap(), 0.5 + 0.5 * 5.0 / 9.0));
+        // rank 50 in the lowest bucket, interpolated from 0.
+        assert_eq!(q(0.5, &b), Some(0.1));
+        assert!(close(q(0.25, &b).unwrap(), 0.05));
+        // rank 99.5 is past the highest finite bucket: its bound.
+        assert_eq!(q(0.995, &b), Some(1.0));
+        assert_eq!(q(1.0, &b), Some(1.0));
+        // Order of the input does not matter.
+        let shuffled = [(INF, 100.0), (0.5, 90.0), (0.1, 50.0), (1.0, 99.0)];
+        assert_eq!(q(0.99, &shuffled), Some(1.0));
+    }
+
+    #[test]
+    fn bucket_quantile_special_cases_are_prometheus_nan_cases() {
+        // No +Inf bucket, one bucket, no observations: NaN in PromQL, no value here.
+        assert_eq!(q(0.99, &[(0.1, 1.0), (1.0, 2.0)]), None);
+        assert_eq!(q(0.99, &[(INF, 7.0)]), None);
+        assert_eq!(q(0.99, &[(0.1, 0.0), (INF, 0.0)]), None);
+        assert_eq!(q(0.99, &[]), None);
+        // A lowest bound at or below 0 is returned as is, not interpolated from 0.
+        assert_eq!(q(0.1, &[(-1.0, 10.0), (0.0, 10.0), (INF, 20.0)]), Some(-1.0));
+        // Same bounds are merged: (0.5, 10) + (0.5, 5) is one bucket of 15.
+        let merged = q(0.5, &[(0.5, 10.0), (0.5, 5.0), (1.0, 20.0), (INF, 30.0)]).unwrap();
+        assert!(close(merged, 0.5));
+        // Counts that go down with the bound are raised to the envelope: (0.5, 40)
+        // becomes (0.5, 50), so rank 50 is in the lowest bucket.
+        assert_eq!(
+            q(0.5, &[(0.1, 50.0), (0.5, 40.0), (1.0, 99.0), (INF, 100.0)]),
+            Some(0.1)
+        );
+        // A quantile in the +Inf bucket is the second highest bound.
+        assert_eq!(q(0.99, &[(0.1, 1.0), (1.0, 2.0), (INF, 10.0)]), Some(1.0));
+    }
+
+    fn spec(window_secs: u64, by: &[&str]) -> HistogramQuantileSpec {
+        HistogramQuantileSpec {
+            quantile: 0.99,
+            window: Duration::from_secs(window_secs),
+            by: by.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// One histogram's buckets (bounds 0.1, 1, +Inf) with the `verb` label.
+    fn histogram(verb: &str, counts: [f64; 3]) -> Vec<BucketSample> {
+        [0.1, 1.0, INF]
+            .iter()
+            .zip(counts)
+            .map(|(&le, count)| BucketSample {
+                key: format!("verb=\"{verb}\",le=\"{le}\""),
+                group: vec![verb.to_string()],
+                le,
+                count,
+            })
+            .collect()
+    }
+
+    fn at(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_first_scrape_is_a_baseline_without_a_value() {
+        let mut w = HistogramWindow::new(&spec(300, &["verb"]));
+        w.fold(at(0), &histogram("GET", [100.0, 200.0, 300.0]))
+            .unwrap();
+        assert_eq!(w.reduce(Aggregation::Max), None);
+        // Nothing observed since: still no value.
+        w.fold(at(10), &histogram("GET", [100.0, 200.0, 300.0]))
+            .unwrap();
+        assert_eq!(w.reduce(Aggregation::Max), None);
+    }
+
+    #[test]
+    fn the_quantile_is_over_increases_not_totals() {
+        let mut w = HistogramWindow::new(&spec(300, &["verb"]));
+        // Before the run: 1000 fast requests.
+        w.fold(at(0), &histogram("GET", [1000.0, 1000.0, 1000.0]))
+            .unwrap();
+        // During: 10 requests, all between 0.1 s and 1 s.
+        w.fold(at(10), &histogram("GET", [1000.0, 1010.0, 1010.0]))
+            .unwrap();
+        let g = w.reduce(Aggregation::Max).unwrap();
+        // rank 9.9 of 10 in (0.1, 1]: 0.1 + 0.9 × 9.9/10. The totals would say 0.1.
+        assert!(close(g.value, 0.1 + 0.9 * 0.99), "{g:?}");
+        assert_eq!(g.observations, 10.0);
+        assert_eq!(g.group, "verb=\"GET\"");
+    }
+
+    #[test]
+    fn the_window_starts_at_the_newest_snapshot_at_least_a_window_old() {
+        let mut w = HistogramWindow::new(&spec(60, &[]));
+        let one = |counts| {
+            histogram("GET", counts)
+                .into_iter()
+                .map(|mut s| {
+                    s.group.clear();
+                    s
+                })
+                .collect::<Vec<_>>()
+        };
+        w.fold(at(0), &one([0.0, 0.0, 0.0])).unwrap();
+        // 100 slow requests (over 1 s) early in the run.
+        w.fold(at(30), &one([0.0, 0.0, 100.0])).unwrap();
+        w.fold(at(60), &one([0.0, 0.0, 100.0])).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().value, 1.0);
+        // 100 fast ones later: at 90 s the window reaches back to 30 s, which excludes
+        // the slow ones; at 60 s it still included them.
+        w.fold(at(90), &one([100.0, 100.0, 200.0])).unwrap();
+        let g = w.reduce(Aggregation::Max).unwrap();
+        assert_eq!((g.value, g.observations), (0.1 * 0.99, 100.0));
+        // With nothing new, the window empties after another minute.
+        w.fold(at(150), &one([100.0, 100.0, 200.0])).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max), None);
+    }
+
+    #[test]
+    fn a_counter_reset_counts_the_new_value_as_growth() {
+        let mut w = HistogramWindow::new(&spec(300, &["verb"]));
+        w.fold(at(0), &histogram("GET", [500.0, 600.0, 700.0]))
+            .unwrap();
+        // The target restarted: counts start again from 0 (10 fast, 0 slow so far)...
+        w.fold(at(10), &histogram("GET", [10.0, 10.0, 10.0])).unwrap();
+        // ...then 10 slow ones.
+        w.fold(at(20), &histogram("GET", [10.0, 10.0, 20.0])).unwrap();
+        let g = w.reduce(Aggregation::Max).unwrap();
+        // Prometheus' increase: 10 + 0 in le=0.1, 20 in +Inf; rank 19.8 is in +Inf.
+        assert_eq!(g.observations, 20.0);
+        assert_eq!(g.value, 1.0);
+    }
+
+    #[test]
+    fn series_that_appear_or_vanish_count_like_prometheus_increase() {
+        let mut w = HistogramWindow::new(&spec(60, &["verb"]));
+        w.fold(at(0), &histogram("GET", [0.0, 0.0, 0.0])).unwrap();
+        // LIST appears with 5 slow requests: its first sample is its baseline.
+        let mut both = histogram("GET", [10.0, 10.0, 10.0]);
+        both.extend(histogram("LIST", [0.0, 0.0, 5.0]));
+        w.fold(at(10), &both).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
+        // Then 5 more slow LISTs: LIST is the worst group.
+        let mut both = histogram("GET", [10.0, 10.0, 10.0]);
+        both.extend(histogram("LIST", [0.0, 0.0, 10.0]));
+        w.fold(at(20), &both).unwrap();
+        let worst = w.reduce(Aggregation::Max).unwrap();
+        assert_eq!((worst.group.as_str(), worst.value), ("verb=\"LIST\"", 1.0));
+        assert_eq!(worst.observations, 5.0);
+        let best = w.reduce(Aggregation::Min).unwrap();
+        assert_eq!(best.group, "verb=\"GET\"");
+        // LIST vanishes: what it added stays in the window until the window passes it.
+        w.fold(at(30), &histogram("GET", [10.0, 10.0, 10.0])).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"LIST\"");
+        w.fold(at(85), &histogram("GET", [20.0, 20.0, 20.0])).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
+        // Gone for more than a window, LIST is forgotten: back with 1000 it is a new
+        // baseline, not 990 new requests.
+        let mut both = histogram("GET", [20.0, 20.0, 20.0]);
+        both.extend(histogram("LIST", [0.0, 0.0, 1000.0]));
+        w.fold(at(95), &both).unwrap();
+        assert_eq!(w.series.len(), 6);
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
+    }
+
+    #[test]
+    fn an_overtaken_scrape_is_ignored() {
+        let mut w = HistogramWindow::new(&spec(300, &[]));
+        let mut h = histogram("GET", [0.0, 0.0, 0.0]);
+        w.fold(at(0), &h).unwrap();
+        h[2].count = 10.0;
+        w.fold(at(20), &h).unwrap();
+        // Started before the last folded scrape: its lower count is not a reset.
+        h[2].count = 5.0;
+        w.fold(at(10), &h).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().observations, 10.0);
+    }
+
+    #[test]
+    fn too_many_series_fail_the_scrape_and_keep_the_state() {
+        let mut w = HistogramWindow::new(&spec(300, &["verb"]));
+        w.fold(at(0), &histogram("GET", [0.0, 0.0, 0.0])).unwrap();
+        w.fold(at(10), &histogram("GET", [0.0, 0.0, 4.0])).unwrap();
+        let many: Vec<BucketSample> = (0..MAX_SERIES)
+            .flat_map(|i| histogram(&format!("v{i}"), [0.0, 0.0, 1.0]))
+            .take(MAX_SERIES)
+            .collect();
+        assert_eq!(
+            w.fold(at(20), &many),
+            Err(ScrapeError::TooManySeries {
+                needed: MAX_SERIES + 3
+            })
+        );
+        assert_eq!(w.series.len(), 3);
+        w.fold(at(30), &histogram("GET", [0.0, 0.0, 8.0])).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().observations, 8.0);
+    }
+
+    #[test]
+    fn snapshots_stay_bounded_for_a_fast_interval() {
+        let mut w = HistogramWindow::new(&spec(64, &["verb"]));
+        for i in 0..2_000u64 {
+            let n = i as f64;
+            w.fold(Duration::from_millis(100 * i), &histogram("GET", [n, n, n]))
+                .unwrap();
+            assert!(w.snapshots.len() <= MAX_SNAPSHOTS + 2, "{}", w.snapshots.len());
+        }
+        // 199.9 s in: the baseline is at most one spacing (1 s) before 135.9 s.
+        let base = w.snapshots.front().unwrap().at;
+        assert!(
+            base <= Duration::from_millis(135_900) && base >= Duration::from_millis(134_900),
+            "{base:?}"
+        );
+    }
+
+    fn selector(text: &str) -> Selector {
+        let s: MetricSelector = match text {
+            "h_bucket" => MetricSelector {
+                metric: "h_bucket".into(),
+                matchers: vec![],
+            },
+            _ => unreachable!(),
+        };
+        Selector::new(&s.metric, &s.matchers).unwrap()
+    }
+
+    #[test]
+    fn select_buckets_reads_le_and_groups_and_refuses_what_is_not_a_histogram() {
+        let body = "# TYPE h histogram\n\
+            h_bucket{verb=\"GET\",le=\"0.1\"} 1\n\
+            h_bucket{verb=\"GET\",le=\"+Inf\"} 2\n\
+            h_bucket{le=\"1e0\"} 3\n\
+            h_sum{verb=\"GET\"} 0.3\n\
+            h_count{verb=\"GET\"} 2\n";
+        let got = select_buckets(body, &selector("h_bucket"), &["verb".to_string()]).unwrap();
+        let read: Vec<(String, f64, f64)> = got
+            .iter()
+            .map(|b| (b.group[0].clone(), b.le, b.count))
+            .collect();
+        // In the order of the series' label text.
+        assert_eq!(
+            read,
+            vec![
+                ("".to_string(), 1.0, 3.0),
+                ("GET".to_string(), INF, 2.0),
+                ("GET".to_string(), 0.1, 1.0),
+            ]
+        );
+        let err = |body: &str| {
+            select_buckets(body, &selector("h_bucket"), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("h_bucket{verb=\"GET\"} 1\n"),
+            "series h_bucket{verb=\"GET\"} has no numeric le label; histogramQuantile reads \
+             the _bucket series of a histogram"
+        );
+        assert_eq!(
+            err("h_bucket{le=\"x\"} 1\n"),
+            "series h_bucket{le=\"x\"} has no numeric le label; histogramQuantile reads the \
+             _bucket series of a histogram"
+        );
+        assert_eq!(
+            err("h_bucket{le=\"1\"} -1\n"),
+            "series h_bucket{le=\"1\"} has count -1, which no bucket counter can have"
+        );
+        assert_eq!(
+            err("h_bucket{le=\"1\"} 1\nh_bucket{le=\"1\"} 2\n"),
+            "series le=\"1\" appears more than once in one scrape"
+        );
+        // A broken line anywhere fails the whole scrape, before anything is folded.
+        assert_eq!(
+            err("h_bucket{le=\"1\"} 1\nbroken{\n"),
+            "line 2: expected label name or '}'"
+        );
+    }
+}
