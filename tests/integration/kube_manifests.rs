@@ -397,7 +397,7 @@ async fn kube_default_invariants_hold_against_a_real_api_server() {
         invariant["timeout"] = "1s".into();
         kept.push(invariant);
     }
-    assert_eq!(kept.len(), 12, "invariants other than DNS");
+    assert_eq!(kept.len(), 15, "invariants other than DNS");
     set["invariants"] = kept.into();
     // JSON is YAML.
     let config = ws.path("invariants.yaml");

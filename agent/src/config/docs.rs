@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::duration::format_duration;
-use super::spec::{ConnectionMode, Invariant, InvariantSet, ProbeSpec};
+use super::spec::{Aggregation, ConnectionMode, Invariant, InvariantSet, ProbeSpec};
 
 /// Renders `set` as a Markdown document: a summary table, then a section per invariant.
 pub fn markdown_docs(set: &InvariantSet) -> String {
@@ -80,6 +80,9 @@ fn section(out: &mut String, inv: &Invariant) -> std::fmt::Result {
         probe_kind(&inv.probe),
         code(&inv.probe.target())
     )?;
+    if let Some(value) = histogram_value(&inv.probe) {
+        writeln!(out, "- Value: {value}")?;
+    }
     writeln!(out, "- Condition: {}", inv.condition.describe())?;
     writeln!(
         out,
@@ -89,6 +92,40 @@ fn section(out: &mut String, inv: &Invariant) -> std::fmt::Result {
     )?;
     writeln!(out, "- Defined in: {}", code(&inv.source))?;
     Ok(())
+}
+
+/// What the value of a `histogramQuantile` probe is, in words: the quantile alone does
+/// not say that it is the worst group's, nor how to find which group that was.
+fn histogram_value(probe: &ProbeSpec) -> Option<String> {
+    let (selector, aggregation, h) = match probe {
+        ProbeSpec::Metrics(m) => (&m.selector, m.aggregation, m.histogram_quantile.as_ref()?),
+        ProbeSpec::Apiserver(a) => (
+            a.series.as_ref()?,
+            a.aggregation,
+            a.histogram_quantile.as_ref()?,
+        ),
+        _ => return None,
+    };
+    let quantile = format!(
+        "the {} quantile of {} over {} (in the histogram's unit)",
+        h.quantile,
+        code(&selector.metric),
+        format_duration(h.window)
+    );
+    Some(if h.by.is_empty() {
+        quantile
+    } else {
+        let which = if aggregation == Aggregation::Min {
+            "lowest"
+        } else {
+            "highest"
+        };
+        format!(
+            "{quantile}, the {which} of the groups by {}; the agent logs which group \
+             it is whenever that changes",
+            h.by.join(", ")
+        )
+    })
 }
 
 /// The probe kind with the detail that changes what a failure means.
