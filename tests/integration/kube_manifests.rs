@@ -6,6 +6,7 @@
 //! when the real agent runs them against a real API server with the agent's own RBAC.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::kube_support::{KubeApiserver, repo_path};
 use crate::support::{Workspace, agent_command, spawn_agent, wait};
@@ -413,6 +414,10 @@ async fn kube_default_invariants_hold_against_a_real_api_server() {
             kubeconfig.to_str().unwrap(),
         ],
     );
+    // The API call latency invariants judge calls made after their first scrape (the
+    // baseline); make some in every scope they cover.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    crate::kube_probes::api_calls_in_every_scope(&kube).await;
     let done = wait(agent).await;
     assert_eq!(done.code, Some(0), "{}", done.stderr);
     let report = ws.report();

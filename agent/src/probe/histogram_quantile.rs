@@ -11,10 +11,17 @@
 //! * Per bucket series (identified by its label text), the last count. Each scrape adds
 //!   the series' growth to a running total per (group, `le`) *cell*: a count that went
 //!   down was reset (the target restarted and counted from 0), so the whole new count is
-//!   growth, as in Prometheus' `increase`. A series seen for the first time is its own
-//!   baseline (it adds nothing until its next scrape), as `increase` ignores what a series
-//!   counted before its first sample in the range. A series that disappears stops adding,
-//!   and is forgotten after a window without it.
+//!   growth, as in Prometheus' `increase`. A series that disappears stops adding, and is
+//!   forgotten after a window without it.
+//! * A series missing from the previous scrape counts from 0: its whole count is growth.
+//!   Kubernetes creates a histogram's label set on its first observation, so a series
+//!   that appears mid-run holds only requests made since the last scrape; taking its
+//!   first count as a baseline (as Prometheus' `increase` must, not knowing what it had
+//!   not scraped) would miss the first calls of every new verb and resource, and all the
+//!   calls of a rare one. The agent's `increase` condition counts appearing series the
+//!   same way. Only the first scrape is a pure baseline. (A scrape that lands on another
+//!   API server behind a load balancer sees other counts; `connection: reused` keeps to
+//!   one server.)
 //! * Snapshots of the running totals in a bounded ring. The increase over the window is
 //!   the current totals minus the newest snapshot at least `window` old (the oldest one
 //!   while the run is younger than the window).
@@ -314,6 +321,7 @@ impl HistogramWindow {
         if needed > MAX_SERIES {
             return Err(ScrapeError::TooManySeries { needed });
         }
+        let first_scrape = self.last_at.is_none();
         for s in samples {
             match self.series.get_mut(&*s.key) {
                 Some(series) => {
@@ -329,6 +337,10 @@ impl HistogramWindow {
                 }
                 None => {
                     let cell = self.cell(&s.group, s.le);
+                    if !first_scrape {
+                        // Created since the last scrape: all of it is new.
+                        self.totals[cell] += s.count;
+                    }
                     let series = Series {
                         cell,
                         last: s.count,
@@ -608,35 +620,38 @@ mod tests {
     }
 
     #[test]
-    fn series_that_appear_or_vanish_count_like_prometheus_increase() {
+    fn series_that_appear_count_from_zero_and_vanished_ones_stop_adding() {
         let mut w = HistogramWindow::new(&spec(60, &["verb"]));
         w.fold(at(0), &histogram("GET", [0.0, 0.0, 0.0])).unwrap();
-        // LIST appears with 5 slow requests: its first sample is its baseline.
+        // LIST appears with 5 slow requests: created since the last scrape, so all 5
+        // are in the window.
         let mut both = histogram("GET", [10.0, 10.0, 10.0]);
         both.extend(histogram("LIST", [0.0, 0.0, 5.0]));
         w.fold(at(10), &both).unwrap();
-        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
-        // Then 5 more slow LISTs: LIST is the worst group.
-        let mut both = histogram("GET", [10.0, 10.0, 10.0]);
-        both.extend(histogram("LIST", [0.0, 0.0, 10.0]));
-        w.fold(at(20), &both).unwrap();
         let worst = w.reduce(Aggregation::Max).unwrap();
         assert_eq!((worst.group.as_str(), worst.value), ("verb=\"LIST\"", 1.0));
         assert_eq!(worst.observations, 5.0);
+        // Then 5 more.
+        let mut both = histogram("GET", [10.0, 10.0, 10.0]);
+        both.extend(histogram("LIST", [0.0, 0.0, 10.0]));
+        w.fold(at(20), &both).unwrap();
+        assert_eq!(w.reduce(Aggregation::Max).unwrap().observations, 10.0);
         let best = w.reduce(Aggregation::Min).unwrap();
-        assert_eq!(best.group, "verb=\"GET\"");
+        assert_eq!((best.group.as_str(), best.value), ("verb=\"GET\"", 0.099));
         // LIST vanishes: what it added stays in the window until the window passes it.
         w.fold(at(30), &histogram("GET", [10.0, 10.0, 10.0])).unwrap();
         assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"LIST\"");
         w.fold(at(85), &histogram("GET", [20.0, 20.0, 20.0])).unwrap();
-        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
-        // Gone for more than a window, LIST is forgotten: back with 1000 it is a new
-        // baseline, not 990 new requests.
+        let worst = w.reduce(Aggregation::Max).unwrap();
+        assert_eq!((worst.group.as_str(), worst.observations), ("verb=\"GET\"", 10.0));
+        // Gone for more than a window, LIST is forgotten; back (a restarted target
+        // recreating it), its count is new again.
         let mut both = histogram("GET", [20.0, 20.0, 20.0]);
-        both.extend(histogram("LIST", [0.0, 0.0, 1000.0]));
+        both.extend(histogram("LIST", [0.0, 0.0, 3.0]));
         w.fold(at(95), &both).unwrap();
         assert_eq!(w.series.len(), 6);
-        assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"GET\"");
+        let worst = w.reduce(Aggregation::Max).unwrap();
+        assert_eq!((worst.group.as_str(), worst.observations), ("verb=\"LIST\"", 3.0));
     }
 
     #[test]
