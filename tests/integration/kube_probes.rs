@@ -686,18 +686,18 @@ pub(crate) fn slo_invariants() -> Vec<Value> {
     out
 }
 
-/// API calls in each SLO scope, as the admin: single-object reads and writes
-/// (scope=resource), LISTs in a namespace and across the cluster.
+/// API calls in each SLO scope, as the admin: LISTs in a namespace and across the
+/// cluster, single-object reads and writes (scope=resource).
 pub(crate) async fn api_calls_in_every_scope(kube: &KubeApiserver) {
+    kube.kubectl_admin_ok(&["get", "configmaps", "-n", "default"])
+        .await;
+    kube.kubectl_admin_ok(&["get", "pods", "--all-namespaces"])
+        .await;
     kube.kubectl_admin_ok(&["get", "namespace", "default"])
         .await;
     kube.kubectl_admin_ok(&["create", "configmap", "slo-probe", "-n", "default"])
         .await;
     kube.kubectl_admin_ok(&["delete", "configmap", "slo-probe", "-n", "default"])
-        .await;
-    kube.kubectl_admin_ok(&["get", "configmaps", "-n", "default"])
-        .await;
-    kube.kubectl_admin_ok(&["get", "pods", "--all-namespaces"])
         .await;
 }
 

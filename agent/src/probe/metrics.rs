@@ -187,6 +187,11 @@ impl SeriesReader {
             return Ok(Reading::Absent);
         }
         let Some(chosen) = window.reduce(self.aggregation) else {
+            tracing::debug!(
+                series = %h.expression,
+                buckets = buckets.len(),
+                "no observations in the window"
+            );
             return Ok(Reading::NoValue);
         };
         // Which group gives the value is what a reader of a violation needs (which verb,
