@@ -41,7 +41,8 @@ fn body(histograms: &[Histogram]) -> String {
     out
 }
 
-const SERIES: &str = r#"apiserver_request_duration_seconds_bucket{verb!~"WATCH|WATCHLIST|CONNECT"}"#;
+const SERIES: &str =
+    r#"apiserver_request_duration_seconds_bucket{verb!~"WATCH|WATCHLIST|CONNECT"}"#;
 const BY: &str = "[resource, subresource, verb, scope]";
 
 fn config(ws: &Workspace, url: &str, window: &str, max: f64) -> std::path::PathBuf {
@@ -124,28 +125,78 @@ async fn histogram_quantile_violation_names_the_worst_group() {
 async fn histogram_quantile_agrees_with_prometheus() {
     let states: [[Histogram; 4]; 4] = [
         [
-            ("GET", "pods", "resource", [5000, 6000, 7000, 7500, 8000, 8000, 8000]),
-            ("LIST", "pods", "cluster", [1000, 1200, 1500, 1800, 2000, 2000, 2000]),
-            ("LIST", "configmaps", "namespace", [300, 300, 400, 500, 600, 600, 600]),
+            (
+                "GET",
+                "pods",
+                "resource",
+                [5000, 6000, 7000, 7500, 8000, 8000, 8000],
+            ),
+            (
+                "LIST",
+                "pods",
+                "cluster",
+                [1000, 1200, 1500, 1800, 2000, 2000, 2000],
+            ),
+            (
+                "LIST",
+                "configmaps",
+                "namespace",
+                [300, 300, 400, 500, 600, 600, 600],
+            ),
             ("WATCH", "pods", "cluster", [0, 0, 0, 0, 0, 0, 100]),
         ],
         [
-            ("GET", "pods", "resource", [5100, 6150, 7180, 7690, 8200, 8200, 8200]),
-            ("LIST", "pods", "cluster", [1010, 1220, 1530, 1860, 2090, 2100, 2100]),
-            ("LIST", "configmaps", "namespace", [300, 300, 405, 505, 605, 605, 605]),
+            (
+                "GET",
+                "pods",
+                "resource",
+                [5100, 6150, 7180, 7690, 8200, 8200, 8200],
+            ),
+            (
+                "LIST",
+                "pods",
+                "cluster",
+                [1010, 1220, 1530, 1860, 2090, 2100, 2100],
+            ),
+            (
+                "LIST",
+                "configmaps",
+                "namespace",
+                [300, 300, 405, 505, 605, 605, 605],
+            ),
             ("WATCH", "pods", "cluster", [0, 0, 0, 0, 0, 0, 110]),
         ],
         [
             // The cluster LIST histogram restarts from 0 (an API server restart).
-            ("GET", "pods", "resource", [5150, 6220, 7260, 7775, 8300, 8300, 8300]),
+            (
+                "GET",
+                "pods",
+                "resource",
+                [5150, 6220, 7260, 7775, 8300, 8300, 8300],
+            ),
             ("LIST", "pods", "cluster", [1, 2, 3, 5, 8, 10, 12]),
-            ("LIST", "configmaps", "namespace", [300, 301, 407, 510, 615, 615, 615]),
+            (
+                "LIST",
+                "configmaps",
+                "namespace",
+                [300, 301, 407, 510, 615, 615, 615],
+            ),
             ("WATCH", "pods", "cluster", [0, 0, 0, 0, 0, 0, 120]),
         ],
         [
-            ("GET", "pods", "resource", [5200, 6290, 7340, 7860, 8400, 8400, 8400]),
+            (
+                "GET",
+                "pods",
+                "resource",
+                [5200, 6290, 7340, 7860, 8400, 8400, 8400],
+            ),
             ("LIST", "pods", "cluster", [3, 6, 9, 14, 20, 29, 30]),
-            ("LIST", "configmaps", "namespace", [300, 302, 410, 515, 625, 625, 625]),
+            (
+                "LIST",
+                "configmaps",
+                "namespace",
+                [300, 302, 410, 515, 625, 625, 625],
+            ),
             ("WATCH", "pods", "cluster", [0, 0, 0, 0, 0, 0, 130]),
         ],
     ];

@@ -1864,17 +1864,27 @@ fn histogram_quantile_errors_name_the_field_and_the_fix() {
         (
             &metrics("series: x_bucket, histogramQuantile: {by: [verb, le, verb, 1x], extra: 1}"),
             &[
-                &format!("{p}.histogramQuantile.by[1]: le is always kept (the buckets are grouped by it); remove it"),
+                &format!(
+                    "{p}.histogramQuantile.by[1]: le is always kept (the buckets are grouped by it); remove it"
+                ),
                 &format!("{p}.histogramQuantile.by[2]: \"verb\" is listed twice"),
-                &format!("{p}.histogramQuantile.by[3]: \"1x\" is not a label name (letters, digits and '_', not starting with a digit)"),
-                &format!("{p}.histogramQuantile.extra: unknown field; expected one of quantile, window, by"),
+                &format!(
+                    "{p}.histogramQuantile.by[3]: \"1x\" is not a label name (letters, digits and '_', not starting with a digit)"
+                ),
+                &format!(
+                    "{p}.histogramQuantile.extra: unknown field; expected one of quantile, window, by"
+                ),
             ],
         ),
         (
             &metrics("series: 'x_count{le=\"1\"}', histogramQuantile: {}"),
             &[
-                &format!("{p}.series: series selects \"x_count\", but histogramQuantile reads a histogram's bucket series: name the metric with its _bucket suffix (e.g. apiserver_request_duration_seconds_bucket)"),
-                &format!("{p}.series: a matcher on le drops buckets and skews the quantile; remove it (select whole histograms)"),
+                &format!(
+                    "{p}.series: series selects \"x_count\", but histogramQuantile reads a histogram's bucket series: name the metric with its _bucket suffix (e.g. apiserver_request_duration_seconds_bucket)"
+                ),
+                &format!(
+                    "{p}.series: a matcher on le drops buckets and skews the quantile; remove it (select whole histograms)"
+                ),
             ],
         ),
         (
@@ -1889,11 +1899,15 @@ fn histogram_quantile_errors_name_the_field_and_the_fix() {
         ),
         (
             &with_probe("apiserver: {path: /readyz, histogramQuantile: {}}"),
-            &["invariants[0].probe.apiserver.histogramQuantile: histogramQuantile applies only with series (a metrics scrape); add series or remove histogramQuantile"],
+            &[
+                "invariants[0].probe.apiserver.histogramQuantile: histogramQuantile applies only with series (a metrics scrape); add series or remove histogramQuantile",
+            ],
         ),
         (
             &with_probe("apiserver: {path: /metrics, series: x_bucket, histogramQuantile: 0.99}"),
-            &["invariants[0].probe.apiserver.histogramQuantile: expected a mapping, found the number 0.99"],
+            &[
+                "invariants[0].probe.apiserver.histogramQuantile: expected a mapping, found the number 0.99",
+            ],
         ),
     ]);
 }

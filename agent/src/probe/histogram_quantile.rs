@@ -307,7 +307,10 @@ impl HistogramWindow {
         self.forget_series_unseen_since(at.saturating_sub(self.window));
         let mut new_series = 0;
         let mut new_cells = HashSet::new();
-        for s in samples.iter().filter(|s| !self.series.contains_key(&*s.key)) {
+        for s in samples
+            .iter()
+            .filter(|s| !self.series.contains_key(&*s.key))
+        {
             new_series += 1;
             let known = self
                 .group_index
@@ -509,7 +512,10 @@ mod tests {
         assert_eq!(q(0.99, &[(0.1, 0.0), (INF, 0.0)]), None);
         assert_eq!(q(0.99, &[]), None);
         // A lowest bound at or below 0 is returned as is, not interpolated from 0.
-        assert_eq!(q(0.1, &[(-1.0, 10.0), (0.0, 10.0), (INF, 20.0)]), Some(-1.0));
+        assert_eq!(
+            q(0.1, &[(-1.0, 10.0), (0.0, 10.0), (INF, 20.0)]),
+            Some(-1.0)
+        );
         // Same bounds are merged: (0.5, 10) + (0.5, 5) is one bucket of 15.
         let merged = q(0.5, &[(0.5, 10.0), (0.5, 5.0), (1.0, 20.0), (INF, 30.0)]).unwrap();
         assert!(close(merged, 0.5));
@@ -610,9 +616,11 @@ mod tests {
         w.fold(at(0), &histogram("GET", [500.0, 600.0, 700.0]))
             .unwrap();
         // The target restarted: counts start again from 0 (10 fast, 0 slow so far)...
-        w.fold(at(10), &histogram("GET", [10.0, 10.0, 10.0])).unwrap();
+        w.fold(at(10), &histogram("GET", [10.0, 10.0, 10.0]))
+            .unwrap();
         // ...then 10 slow ones.
-        w.fold(at(20), &histogram("GET", [10.0, 10.0, 20.0])).unwrap();
+        w.fold(at(20), &histogram("GET", [10.0, 10.0, 20.0]))
+            .unwrap();
         let g = w.reduce(Aggregation::Max).unwrap();
         // Prometheus' increase: 10 + 0 in le=0.1, 20 in +Inf; rank 19.8 is in +Inf.
         assert_eq!(g.observations, 20.0);
@@ -639,11 +647,16 @@ mod tests {
         let best = w.reduce(Aggregation::Min).unwrap();
         assert_eq!((best.group.as_str(), best.value), ("verb=\"GET\"", 0.099));
         // LIST vanishes: what it added stays in the window until the window passes it.
-        w.fold(at(30), &histogram("GET", [10.0, 10.0, 10.0])).unwrap();
+        w.fold(at(30), &histogram("GET", [10.0, 10.0, 10.0]))
+            .unwrap();
         assert_eq!(w.reduce(Aggregation::Max).unwrap().group, "verb=\"LIST\"");
-        w.fold(at(85), &histogram("GET", [20.0, 20.0, 20.0])).unwrap();
+        w.fold(at(85), &histogram("GET", [20.0, 20.0, 20.0]))
+            .unwrap();
         let worst = w.reduce(Aggregation::Max).unwrap();
-        assert_eq!((worst.group.as_str(), worst.observations), ("verb=\"GET\"", 10.0));
+        assert_eq!(
+            (worst.group.as_str(), worst.observations),
+            ("verb=\"GET\"", 10.0)
+        );
         // Gone for more than a window, LIST is forgotten; back (a restarted target
         // recreating it), its count is new again.
         let mut both = histogram("GET", [20.0, 20.0, 20.0]);
@@ -651,7 +664,10 @@ mod tests {
         w.fold(at(95), &both).unwrap();
         assert_eq!(w.series.len(), 6);
         let worst = w.reduce(Aggregation::Max).unwrap();
-        assert_eq!((worst.group.as_str(), worst.observations), ("verb=\"LIST\"", 3.0));
+        assert_eq!(
+            (worst.group.as_str(), worst.observations),
+            ("verb=\"LIST\"", 3.0)
+        );
     }
 
     #[test]
@@ -694,7 +710,11 @@ mod tests {
             let n = i as f64;
             w.fold(Duration::from_millis(100 * i), &histogram("GET", [n, n, n]))
                 .unwrap();
-            assert!(w.snapshots.len() <= MAX_SNAPSHOTS + 2, "{}", w.snapshots.len());
+            assert!(
+                w.snapshots.len() <= MAX_SNAPSHOTS + 2,
+                "{}",
+                w.snapshots.len()
+            );
         }
         // 199.9 s in: the baseline is at most one spacing (1 s) before 135.9 s.
         let base = w.snapshots.front().unwrap().at;

@@ -22,8 +22,7 @@ use super::http::{HttpFetcher, status_error};
 use super::prometheus_text::{self, ParseError, SampleRef};
 use super::{BuildError, Probe, ProbeFuture};
 use crate::config::spec::{
-    Aggregation, HistogramQuantileSpec, LabelMatcher, MetricSelector, MetricsProbeSpec,
-    StatusRange,
+    Aggregation, HistogramQuantileSpec, LabelMatcher, MetricSelector, MetricsProbeSpec, StatusRange,
 };
 use crate::sample::{ErrorClass, Observation, ProbeError};
 
@@ -164,9 +163,8 @@ impl SeriesReader {
     /// fails the sample with `invalid_response` and leaves earlier scrapes' state as it
     /// was.
     pub fn read(&self, text: &str, started: Duration) -> Result<Reading, ProbeError> {
-        let invalid = |e: &dyn std::fmt::Display| {
-            ProbeError::new(ErrorClass::InvalidResponse, e.to_string())
-        };
+        let invalid =
+            |e: &dyn std::fmt::Display| ProbeError::new(ErrorClass::InvalidResponse, e.to_string());
         let Some(h) = &self.histogram else {
             return match reduce(text, &self.selector, self.aggregation) {
                 Ok(Some(v)) => Ok(Reading::Value(v)),
