@@ -707,16 +707,7 @@ pub(crate) async fn api_calls_in_every_scope(kube: &KubeApiserver) {
 /// the SLO on an idle test server), names the group it comes from, and holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_probes_api_call_latency_slo_from_the_real_histogram() {
-    let kube = KubeApiserver::start().await;
-    for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
-        let path = repo_path(&format!("manifests/{file}"));
-        kube.kubectl_admin_ok(&["apply", "-f", path.to_str().unwrap()])
-            .await;
-    }
-    let token = kube
-        .service_account_token("invariant-agent", "invariant-agent")
-        .await;
-    let kubeconfig = kube.kubeconfig_for_token("invariant-agent", &token);
+    let (kube, kubeconfig) = crate::kube_leader::cluster_with_agent_rbac().await;
     let invariants = slo_invariants();
     let names: Vec<String> = invariants
         .iter()
