@@ -787,3 +787,151 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! The incremental window agrees with a brute-force recomputation from the whole
+    //! scrape history, over random histories with gaps, vanishing series and resets.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BOUNDS: [f64; 3] = [0.1, 1.0, f64::INFINITY];
+    /// Histograms: (verb, code); grouped by verb, so two series per group and bound.
+    const HISTOGRAMS: [(&str, &str); 4] = [
+        ("GET", "200"),
+        ("GET", "500"),
+        ("LIST", "200"),
+        ("LIST", "500"),
+    ];
+    const WINDOW_MS: u64 = 64_000;
+
+    /// One scrape: its time, and per histogram its cumulative counts or `None` (absent).
+    type Scrape = (u64, Vec<Option<[f64; 3]>>);
+
+    fn history() -> impl Strategy<Value = Vec<Scrape>> {
+        // Per step: time gap (at least the snapshot spacing, so every scrape is a
+        // snapshot), and per histogram: present?, reset?, new observations per bucket.
+        let step = (
+            1_000u64..40_000,
+            prop::collection::vec((0u8..20, 0u8..20, 0u32..5, 0u32..5, 0u32..5), 4),
+        );
+        prop::collection::vec(step, 1..40).prop_map(|steps| {
+            let mut at = 0;
+            let mut counts = [[0.0f64; 3]; 4];
+            steps
+                .into_iter()
+                .map(|(gap, per)| {
+                    at += gap;
+                    let present = per
+                        .iter()
+                        .enumerate()
+                        .map(|(h, &(absent, reset, a, b, c))| {
+                            if reset == 0 {
+                                counts[h] = [0.0; 3];
+                            }
+                            let (a, b, c) = (a as f64, b as f64, c as f64);
+                            let [x, y, z] = counts[h];
+                            counts[h] = [x + a, y + a + b, z + a + b + c];
+                            (absent >= 3).then_some(counts[h])
+                        })
+                        .collect();
+                    (at, present)
+                })
+                .collect()
+        })
+    }
+
+    fn samples(scrape: &Scrape) -> Vec<BucketSample> {
+        let mut out = Vec::new();
+        for (h, counts) in scrape.1.iter().enumerate() {
+            let Some(counts) = counts else { continue };
+            let (verb, code) = HISTOGRAMS[h];
+            for (le, count) in BOUNDS.iter().zip(counts) {
+                out.push(BucketSample {
+                    key: format!("verb=\"{verb}\",code=\"{code}\",le=\"{le}\""),
+                    group: vec![verb.to_string()],
+                    le: *le,
+                    count: *count,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// The window's increase per (verb, bound), straight from the definition.
+    fn brute_force(history: &[Scrape]) -> Vec<(String, Option<f64>)> {
+        let end = history.last().unwrap().0;
+        let base = history
+            .iter()
+            .rev()
+            .find(|s| s.0 + WINDOW_MS <= end)
+            .unwrap_or(&history[0])
+            .0;
+        let mut growth: HashMap<(&str, usize), f64> = HashMap::new();
+        for h in 0..HISTOGRAMS.len() {
+            // (time, counts) of the scrapes that had this histogram.
+            let seen: Vec<(u64, [f64; 3])> = history
+                .iter()
+                .filter_map(|s| s.1[h].map(|c| (s.0, c)))
+                .collect();
+            for (i, &(t, cur)) in seen.iter().enumerate() {
+                if t == history[0].0 || t <= base {
+                    continue;
+                }
+                let prev = i
+                    .checked_sub(1)
+                    .map(|j| seen[j])
+                    .filter(|&(pt, _)| pt + WINDOW_MS >= t);
+                for b in 0..3 {
+                    let g = match prev {
+                        Some((_, p)) if cur[b] >= p[b] => cur[b] - p[b],
+                        _ => cur[b],
+                    };
+                    *growth.entry((HISTOGRAMS[h].0, b)).or_default() += g;
+                }
+            }
+        }
+        ["GET", "LIST"]
+            .iter()
+            .filter(|verb| {
+                history.iter().any(|s| {
+                    s.1.iter()
+                        .enumerate()
+                        .any(|(h, c)| c.is_some() && HISTOGRAMS[h].0 == **verb)
+                })
+            })
+            .map(|verb| {
+                let mut buckets: Vec<(f64, f64)> = (0..3)
+                    .map(|b| (BOUNDS[b], growth.get(&(*verb, b)).copied().unwrap_or(0.0)))
+                    .collect();
+                (
+                    format!("verb=\"{verb}\""),
+                    bucket_quantile(0.9, &mut buckets),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn the_window_agrees_with_brute_force(history in history()) {
+            let mut w = HistogramWindow::new(&HistogramQuantileSpec {
+                quantile: 0.9,
+                window: Duration::from_millis(WINDOW_MS),
+                by: vec!["verb".into()],
+            });
+            for scrape in &history {
+                w.fold(Duration::from_millis(scrape.0), &samples(scrape)).unwrap();
+            }
+            let got: HashMap<String, f64> =
+                w.quantiles().into_iter().map(|g| (g.group, g.value)).collect();
+            for (group, expected) in brute_force(&history) {
+                prop_assert_eq!(got.get(&group).copied(), expected, "{}", group);
+            }
+            prop_assert!(w.snapshots.len() <= MAX_SNAPSHOTS + 2);
+        }
+    }
+}
