@@ -871,7 +871,7 @@ mod proptests {
             .unwrap_or(&history[0])
             .0;
         let mut growth: HashMap<(&str, usize), f64> = HashMap::new();
-        for h in 0..HISTOGRAMS.len() {
+        for (h, (verb, _)) in HISTOGRAMS.iter().enumerate() {
             // (time, counts) of the scrapes that had this histogram.
             let seen: Vec<(u64, [f64; 3])> = history
                 .iter()
@@ -890,7 +890,7 @@ mod proptests {
                         Some((_, p)) if cur[b] >= p[b] => cur[b] - p[b],
                         _ => cur[b],
                     };
-                    *growth.entry((HISTOGRAMS[h].0, b)).or_default() += g;
+                    *growth.entry((verb, b)).or_default() += g;
                 }
             }
         }
