@@ -508,6 +508,59 @@ mod tests {
         }
     }
 
+    /// A histogramQuantile metrics probe on a real HTTP server whose histogram grows by
+    /// one request per scrape: the first scrape is a baseline (a sample without value),
+    /// then the value is the quantile of what arrived since; a broken scrape fails the
+    /// sample and leaves the window as it was; no series is absent.
+    #[tokio::test]
+    async fn histogram_quantile_scrapes_keep_their_window() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let scrapes = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = scrapes.clone();
+        let server = TestHttpServer::start(move |req| {
+            if req.uri().path() == "/empty" {
+                return reply(200, "other_metric 1\n");
+            }
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            if n == 2 {
+                return reply(200, "h_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} oops\n");
+            }
+            // Every scrape, one more request, slower than 1 s.
+            reply(
+                200,
+                &format!(
+                    "h_bucket{{le=\"1\"}} 10\nh_bucket{{le=\"+Inf\"}} {}\n",
+                    10 + n
+                ),
+            )
+        })
+        .await;
+        let spec = |path: &str| {
+            let mut spec = metrics_spec(&server.url(path), "h_bucket", vec![], Aggregation::Max);
+            if let ProbeSpec::Metrics(m) = &mut spec {
+                m.histogram_quantile = Some(HistogramQuantileSpec {
+                    quantile: 0.5,
+                    window: std::time::Duration::from_secs(300),
+                    by: vec![],
+                });
+            }
+            crate::probe::build(&spec, &Default::default()).unwrap()
+        };
+        let probe = spec("/metrics");
+        assert_eq!(probe.observe().await, Observation::Ok { value: None });
+        assert_eq!(probe.observe().await, Observation::Ok { value: Some(1.0) });
+        match probe.observe().await {
+            Observation::Failed(e) => {
+                assert_eq!(e.class, ErrorClass::InvalidResponse);
+                assert_eq!(e.message, "line 2: invalid value \"oops\"");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two more requests since the baseline: still all slow, and nothing was lost.
+        assert_eq!(probe.observe().await, Observation::Ok { value: Some(1.0) });
+        assert_eq!(spec("/empty").observe().await, Observation::Absent);
+    }
+
     #[tokio::test]
     async fn body_cap_applies_to_scrapes() {
         let big = "x_total 1\n".repeat(1000);
