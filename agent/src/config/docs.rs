@@ -279,4 +279,41 @@ invariants:
         assert_eq!(code("`x"), "`` `x ``");
         assert_eq!(code("plain"), "`plain`");
     }
+
+    /// A histogramQuantile probe says in words what its value is and where to find the
+    /// group that gives it; the table shows the PromQL it stands for.
+    #[test]
+    fn a_histogram_quantile_value_is_explained() {
+        let file = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: slo
+    description: p99 within 1 s.
+    owner: sig-scalability
+    interval: 30s
+    probe:
+      apiserver:
+        path: /metrics
+        series: 'apiserver_request_duration_seconds_bucket{scope="resource"}'
+        histogramQuantile: {by: [resource, verb]}
+    condition:
+      threshold: {max: 1}
+"#;
+        let md = markdown_docs(&parse_str("inv.yaml", file).unwrap());
+        assert!(
+            md.contains(
+                "- Value: the 0.99 quantile of `apiserver_request_duration_seconds_bucket` over \
+                 5m (in the histogram's unit), the highest of the groups by resource, verb; the \
+                 agent logs which group it is whenever that changes\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "max(histogram_quantile(0.99, sum by (le, resource, verb) \
+                 (increase(apiserver_request_duration_seconds_bucket{scope=\"resource\"}[5m]))))"
+            ),
+            "{md}"
+        );
+    }
 }
