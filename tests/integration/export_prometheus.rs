@@ -171,14 +171,14 @@ async fn metrics_listen_on_a_taken_port_fails_at_start() {
 }
 
 /// A real Prometheus scraping `target` every second.
-struct Prometheus {
+pub(crate) struct Prometheus {
     addr: SocketAddr,
     child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    async fn start(target: SocketAddr) -> Self {
+    pub(crate) async fn start(target: SocketAddr) -> Self {
         let binary = binary("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
@@ -217,7 +217,7 @@ impl Prometheus {
         }
     }
 
-    async fn query(&self, promql: &str) -> Vec<Value> {
+    pub(crate) async fn query(&self, promql: &str) -> Vec<Value> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
         let (status, _, body) = http_get(self.addr, &path, None).await;
         let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
@@ -230,7 +230,7 @@ impl Prometheus {
     }
 
     /// Waits until `promql` returns at least one series.
-    async fn until_some(&self, promql: &str, within: Duration) -> Vec<Value> {
+    pub(crate) async fn until_some(&self, promql: &str, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;
         loop {
             let r = self.query(promql).await;
@@ -246,7 +246,7 @@ impl Prometheus {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
     }
 }
@@ -262,7 +262,7 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn value(series: &Value) -> f64 {
+pub(crate) fn value(series: &Value) -> f64 {
     series["value"][1].as_str().unwrap().parse().unwrap()
 }
 

@@ -57,7 +57,7 @@ const NODE_INVARIANT: &str = r#"  - name: node-livez
 
 /// A real API server with the agent's namespace, ServiceAccount and RBAC applied, and a
 /// kubeconfig with the ServiceAccount's token.
-async fn cluster_with_agent_rbac() -> (KubeApiserver, std::path::PathBuf) {
+pub(crate) async fn cluster_with_agent_rbac() -> (KubeApiserver, std::path::PathBuf) {
     let kube = KubeApiserver::start().await;
     for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
         let path = repo_path(&format!("manifests/{file}"));

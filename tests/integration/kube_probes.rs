@@ -668,3 +668,93 @@ async fn kube_probes_without_credentials_stop_the_agent_at_start() {
     let validate = agent_command(&["validate", config.to_str().unwrap()]);
     assert_eq!(validate.code, Some(0), "{}", validate.stderr);
 }
+
+/// The API call latency SLO invariants of manifests/invariants.yaml, as written there
+/// except for a 1 s interval (and a 2 s timeout for the /metrics scrape), keyed by name.
+pub(crate) fn slo_invariants() -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_path("manifests/invariants.yaml")).unwrap();
+    let set: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for mut inv in set["invariants"].as_array().unwrap().clone() {
+        if inv["probe"]["apiserver"]["histogramQuantile"].is_null() {
+            continue;
+        }
+        inv["interval"] = "1s".into();
+        inv["timeout"] = "2s".into();
+        out.push(inv);
+    }
+    out
+}
+
+/// API calls in each SLO scope, as the admin: LISTs in a namespace and across the
+/// cluster, single-object reads and writes (scope=resource).
+pub(crate) async fn api_calls_in_every_scope(kube: &KubeApiserver) {
+    kube.kubectl_admin_ok(&["get", "configmaps", "-n", "default"])
+        .await;
+    kube.kubectl_admin_ok(&["get", "pods", "--all-namespaces"])
+        .await;
+    kube.kubectl_admin_ok(&["get", "namespace", "default"])
+        .await;
+    kube.kubectl_admin_ok(&["create", "configmap", "slo-probe", "-n", "default"])
+        .await;
+    kube.kubectl_admin_ok(&["delete", "configmap", "slo-probe", "-n", "default"])
+        .await;
+}
+
+/// The default API call latency SLO invariants against a real kube-apiserver, read with
+/// the agent's own ServiceAccount and RBAC from manifests/: each computes a real p99
+/// from the API server's apiserver_request_duration_seconds (a value in seconds, within
+/// the SLO on an idle test server), names the group it comes from, and holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_probes_api_call_latency_slo_from_the_real_histogram() {
+    let (kube, kubeconfig) = crate::kube_leader::cluster_with_agent_rbac().await;
+    let invariants = slo_invariants();
+    let names: Vec<String> = invariants
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "apiserver-call-latency-single-object",
+            "apiserver-call-latency-namespace-scope",
+            "apiserver-call-latency-cluster-scope"
+        ]
+    );
+    let ws = Workspace::new();
+    let set = serde_json::json!({
+        "apiVersion": "invariant-agent/v1alpha1",
+        "kind": "InvariantSet",
+        "invariants": invariants,
+    });
+    // JSON is YAML.
+    let config = ws.path("invariants.yaml");
+    std::fs::write(&config, serde_json::to_string_pretty(&set).unwrap()).unwrap();
+    let child = agent(&ws, &config, &kubeconfig, "9s");
+    // The first scrapes are the baseline; the calls after them are what the window sees.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    api_calls_in_every_scope(&kube).await;
+    api_calls_in_every_scope(&kube).await;
+    let (report, stderr) = finish(&ws, child).await;
+
+    for (name, scope, max) in [
+        ("apiserver-call-latency-single-object", "resource", 1.0),
+        ("apiserver-call-latency-namespace-scope", "namespace", 30.0),
+        ("apiserver-call-latency-cluster-scope", "cluster", 30.0),
+    ] {
+        let inv = invariant(&report, name);
+        assert_eq!(inv["verdict"], "held", "{inv:#}\n{stderr}");
+        let p99 = inv["last_value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} has no value: {inv:#}\n{stderr}"));
+        // A real latency: more than nothing, within the SLO on an idle test server.
+        assert!(p99 > 0.0 && p99 <= max, "{name}: p99 {p99} s");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("max group is now {resource=")
+                    && l.contains(&format!("scope=\"{scope}\"}}"))),
+            "{name}: no {scope} group logged:\n{stderr}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ mod export_otlp;
 mod export_prometheus;
 mod export_support;
 mod faults;
+mod histogram_quantile;
 mod kube_leader;
 mod kube_manifests;
 mod kube_probes;

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::duration::format_duration;
-use super::spec::{ConnectionMode, Invariant, InvariantSet, ProbeSpec};
+use super::spec::{Aggregation, ConnectionMode, Invariant, InvariantSet, ProbeSpec};
 
 /// Renders `set` as a Markdown document: a summary table, then a section per invariant.
 pub fn markdown_docs(set: &InvariantSet) -> String {
@@ -80,6 +80,9 @@ fn section(out: &mut String, inv: &Invariant) -> std::fmt::Result {
         probe_kind(&inv.probe),
         code(&inv.probe.target())
     )?;
+    if let Some(value) = histogram_value(&inv.probe) {
+        writeln!(out, "- Value: {value}")?;
+    }
     writeln!(out, "- Condition: {}", inv.condition.describe())?;
     writeln!(
         out,
@@ -89,6 +92,40 @@ fn section(out: &mut String, inv: &Invariant) -> std::fmt::Result {
     )?;
     writeln!(out, "- Defined in: {}", code(&inv.source))?;
     Ok(())
+}
+
+/// What the value of a `histogramQuantile` probe is, in words: the quantile alone does
+/// not say that it is the worst group's, nor how to find which group that was.
+fn histogram_value(probe: &ProbeSpec) -> Option<String> {
+    let (selector, aggregation, h) = match probe {
+        ProbeSpec::Metrics(m) => (&m.selector, m.aggregation, m.histogram_quantile.as_ref()?),
+        ProbeSpec::Apiserver(a) => (
+            a.series.as_ref()?,
+            a.aggregation,
+            a.histogram_quantile.as_ref()?,
+        ),
+        _ => return None,
+    };
+    let quantile = format!(
+        "the {} quantile of {} over {} (in the histogram's unit)",
+        h.quantile,
+        code(&selector.metric),
+        format_duration(h.window)
+    );
+    Some(if h.by.is_empty() {
+        quantile
+    } else {
+        let which = if aggregation == Aggregation::Min {
+            "lowest"
+        } else {
+            "highest"
+        };
+        format!(
+            "{quantile}, the {which} of the groups by {}; the agent logs which group \
+             it is whenever that changes",
+            h.by.join(", ")
+        )
+    })
 }
 
 /// The probe kind with the detail that changes what a failure means.
@@ -241,5 +278,42 @@ invariants:
         assert_eq!(code("a`b"), "``a`b``");
         assert_eq!(code("`x"), "`` `x ``");
         assert_eq!(code("plain"), "`plain`");
+    }
+
+    /// A histogramQuantile probe says in words what its value is and where to find the
+    /// group that gives it; the table shows the PromQL it stands for.
+    #[test]
+    fn a_histogram_quantile_value_is_explained() {
+        let file = r#"apiVersion: invariant-agent/v1alpha1
+kind: InvariantSet
+invariants:
+  - name: slo
+    description: p99 within 1 s.
+    owner: sig-scalability
+    interval: 30s
+    probe:
+      apiserver:
+        path: /metrics
+        series: 'apiserver_request_duration_seconds_bucket{scope="resource"}'
+        histogramQuantile: {by: [resource, verb]}
+    condition:
+      threshold: {max: 1}
+"#;
+        let md = markdown_docs(&parse_str("inv.yaml", file).unwrap());
+        assert!(
+            md.contains(
+                "- Value: the 0.99 quantile of `apiserver_request_duration_seconds_bucket` over \
+                 5m (in the histogram's unit), the highest of the groups by resource, verb; the \
+                 agent logs which group it is whenever that changes\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "max(histogram_quantile(0.99, sum by (le, resource, verb) \
+                 (increase(apiserver_request_duration_seconds_bucket{scope=\"resource\"}[5m]))))"
+            ),
+            "{md}"
+        );
     }
 }

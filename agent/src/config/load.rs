@@ -14,7 +14,7 @@ use serde_saphyr::Location;
 
 use super::duration::{bare_number_message, format_duration, parse_duration};
 use super::error::{ConfigError, ConfigErrors};
-use super::selector::{parse_selector, regex_error_message};
+use super::selector::{is_label_name, parse_selector, regex_error_message};
 use super::spec::*;
 use super::yaml::{Node, Value, parse_document};
 use crate::kube::cel::CelExpression;
@@ -60,6 +60,7 @@ const METRICS_FIELDS: &[&str] = &[
     "url",
     "series",
     "aggregation",
+    "histogramQuantile",
     "headers",
     "bearerTokenFile",
     "tls",
@@ -75,6 +76,7 @@ const APISERVER_FIELDS: &[&str] = &[
     "body",
     "series",
     "aggregation",
+    "histogramQuantile",
     "maxBodyBytes",
 ];
 const RESOURCE_FIELDS: &[&str] = &[
@@ -94,6 +96,7 @@ const BODY_FIELDS: &[&str] = &["contains", "regex"];
 const CONDITION_KINDS: &[&str] = &["availability", "latency", "threshold", "increase"];
 const AVAILABILITY_FIELDS: &[&str] = &["target", "window"];
 const LATENCY_FIELDS: &[&str] = &["quantile", "max", "window"];
+const HISTOGRAM_QUANTILE_FIELDS: &[&str] = &["quantile", "window", "by"];
 const THRESHOLD_FIELDS: &[&str] = &["min", "max", "for"];
 const INCREASE_FIELDS: &[&str] = &["max", "window"];
 const STANDARD_METHODS: &[&str] = &[
@@ -748,7 +751,7 @@ impl Checker<'_> {
         .filter(|_| defaults.labels_ok);
         let probe = self
             .required(&map, "probe")
-            .and_then(|n| self.probe(n, &map.path("probe")));
+            .and_then(|n| self.probe(n, &map.path("probe"), interval));
         let condition = self
             .required(&map, "condition")
             .and_then(|n| self.condition(n, &map.path("condition"), interval));
@@ -822,7 +825,8 @@ impl Checker<'_> {
 
     // ----- probes ------------------------------------------------------------------------
 
-    fn probe(&mut self, node: &Node, path: &str) -> Option<ProbeSpec> {
+    /// The probe; `interval` is the invariant's, for windows a probe keeps itself.
+    fn probe(&mut self, node: &Node, path: &str, interval: Option<Duration>) -> Option<ProbeSpec> {
         let map = self.map(node, path)?;
         let kinds = self.one_kind(&map, PROBE_KINDS, "probe");
         let mut result = None;
@@ -833,10 +837,10 @@ impl Checker<'_> {
                 "tcp" => self.tcp_probe(value, &kind_path).map(ProbeSpec::Tcp),
                 "dns" => self.dns_probe(value, &kind_path).map(ProbeSpec::Dns),
                 "metrics" => self
-                    .metrics_probe(value, &kind_path)
+                    .metrics_probe(value, &kind_path, interval)
                     .map(ProbeSpec::Metrics),
                 "apiserver" => self
-                    .apiserver_probe(value, &kind_path)
+                    .apiserver_probe(value, &kind_path, interval)
                     .map(ProbeSpec::Apiserver),
                 "resource" => self
                     .resource_probe(value, &kind_path)
@@ -1382,7 +1386,12 @@ impl Checker<'_> {
         })
     }
 
-    fn metrics_probe(&mut self, node: &Node, path: &str) -> Option<MetricsProbeSpec> {
+    fn metrics_probe(
+        &mut self,
+        node: &Node,
+        path: &str,
+        interval: Option<Duration>,
+    ) -> Option<MetricsProbeSpec> {
         let map = self.map(node, path)?;
         self.deny_unknown(&map, METRICS_FIELDS, METRICS_REFUSED);
         let http = self.http(&map, true);
@@ -1393,28 +1402,150 @@ impl Checker<'_> {
                 .map_err(|e| self.error(&n.referenced, &path, e.to_string()))
                 .ok()
         });
-        let aggregation = self.aggregation(&map);
+        let (aggregation, histogram_quantile) =
+            self.series_reading(&map, selector.as_ref(), interval);
         Some(MetricsProbeSpec {
             http: http?,
             selector: selector?,
             aggregation: aggregation?,
+            histogram_quantile: histogram_quantile?,
         })
     }
 
-    fn aggregation(&mut self, map: &Map<'_>) -> Option<Aggregation> {
-        match map.get("aggregation") {
-            Some(n) => self.choice(
-                n,
-                &map.path("aggregation"),
-                &[
-                    ("sum", Aggregation::Sum),
-                    ("max", Aggregation::Max),
-                    ("min", Aggregation::Min),
-                    ("count", Aggregation::Count),
-                ],
-            ),
+    /// `aggregation` and `histogramQuantile` of a probe reading `series` (already parsed
+    /// when valid). With `histogramQuantile` the aggregation reduces the groups' quantiles,
+    /// so only `max` (the default: the worst group) and `min` make sense.
+    fn series_reading(
+        &mut self,
+        map: &Map<'_>,
+        selector: Option<&MetricSelector>,
+        interval: Option<Duration>,
+    ) -> (Option<Aggregation>, Option<Option<HistogramQuantileSpec>>) {
+        let is_histogram = map.get("histogramQuantile").is_some();
+        let buckets_ok = match (selector, map.get("series")) {
+            (Some(selector), Some(n)) if is_histogram => self.bucket_series(selector, n, map),
+            _ => true,
+        };
+        let histogram = match map.get("histogramQuantile") {
+            Some(n) => self
+                .histogram_quantile(n, &map.path("histogramQuantile"), interval)
+                .filter(|_| buckets_ok)
+                .map(Some),
+            None => Some(None),
+        };
+        let aggregation = match map.get("aggregation") {
+            Some(n) => {
+                let path = map.path("aggregation");
+                self.choice(
+                    n,
+                    &path,
+                    &[
+                        ("sum", Aggregation::Sum),
+                        ("max", Aggregation::Max),
+                        ("min", Aggregation::Min),
+                        ("count", Aggregation::Count),
+                    ],
+                )
+                .and_then(|a| {
+                    if is_histogram && matches!(a, Aggregation::Sum | Aggregation::Count) {
+                        let message = format!(
+                            "{} of the groups' quantiles is not a latency; with \
+                             histogramQuantile use max (the default: the worst group) or min",
+                            a.as_str()
+                        );
+                        self.error(&n.referenced, &path, message);
+                        return None;
+                    }
+                    Some(a)
+                })
+            }
+            None if is_histogram => Some(Aggregation::Max),
             None => Some(Aggregation::Sum),
+        };
+        (aggregation, histogram)
+    }
+
+    /// `histogramQuantile`; its window must hold the invariant's interval.
+    fn histogram_quantile(
+        &mut self,
+        node: &Node,
+        path: &str,
+        interval: Option<Duration>,
+    ) -> Option<HistogramQuantileSpec> {
+        let map = self.map(node, path)?;
+        self.deny_unknown(&map, HISTOGRAM_QUANTILE_FIELDS, &[]);
+        let quantile = self.quantile(&map);
+        let window = self.window(&map, interval, Some(DEFAULT_WINDOW));
+        let by = match map.get("by") {
+            Some(n) => self.group_labels(n, &map.path("by")),
+            None => Some(Vec::new()),
+        };
+        Some(HistogramQuantileSpec {
+            quantile: quantile?,
+            window: window??,
+            by: by?,
+        })
+    }
+
+    /// Whether `selector` (the `series` at `node`) selects whole histograms' buckets.
+    fn bucket_series(&mut self, selector: &MetricSelector, node: &Node, map: &Map<'_>) -> bool {
+        let path = map.path("series");
+        let mut ok = true;
+        if !selector.metric.ends_with("_bucket") {
+            let message = format!(
+                "series selects {}, but histogramQuantile reads a histogram's bucket series: \
+                 name the metric with its _bucket suffix (e.g. \
+                 apiserver_request_duration_seconds_bucket)",
+                quote(&selector.metric)
+            );
+            self.error(&node.referenced, &path, message);
+            ok = false;
         }
+        if selector.matchers.iter().any(|m| matcher_label(m) == "le") {
+            self.error(
+                &node.referenced,
+                &path,
+                "a matcher on le drops buckets and skews the quantile; remove it (select whole \
+                 histograms)",
+            );
+            ok = false;
+        }
+        ok
+    }
+
+    /// `by` of histogramQuantile: distinct label names other than `le`.
+    fn group_labels(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let items = self.list(node, path)?;
+        let mut ok = true;
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(name) = self.string(item, &item_path) else {
+                ok = false;
+                continue;
+            };
+            let problem = if !is_label_name(name) {
+                Some(format!(
+                    "{} is not a label name (letters, digits and '_', not starting with a \
+                     digit)",
+                    quote(name)
+                ))
+            } else if name == "le" {
+                Some("le is always kept (the buckets are grouped by it); remove it".to_string())
+            } else if names.iter().any(|n| n == name) {
+                Some(format!("{} is listed twice", quote(name)))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => {
+                    self.error(&item.referenced, &item_path, message);
+                    ok = false;
+                }
+                None => names.push(name.to_string()),
+            }
+        }
+        ok.then_some(names)
     }
 
     fn connection(&mut self, map: &Map<'_>) -> Option<ConnectionMode> {
@@ -1433,7 +1564,12 @@ impl Checker<'_> {
 
     // ----- Kubernetes probes -------------------------------------------------------------
 
-    fn apiserver_probe(&mut self, node: &Node, path: &str) -> Option<ApiserverProbeSpec> {
+    fn apiserver_probe(
+        &mut self,
+        node: &Node,
+        path: &str,
+        interval: Option<Duration>,
+    ) -> Option<ApiserverProbeSpec> {
         let map = self.map(node, path)?;
         self.deny_unknown(&map, APISERVER_FIELDS, &[]);
         let api_path = self.required(&map, "path").and_then(|n| {
@@ -1464,23 +1600,30 @@ impl Checker<'_> {
             }
             None => Some(None),
         };
-        if map.get("series").is_none()
-            && let Some(key) = map.key_node("aggregation")
-        {
-            self.error(
-                &key.referenced,
-                &map.path("aggregation"),
-                "aggregation applies only with series (a metrics scrape); add series or \
-                 remove aggregation",
-            );
+        let mut without_series = false;
+        for field in ["aggregation", "histogramQuantile"] {
+            if map.get("series").is_none()
+                && let Some(key) = map.key_node(field)
+            {
+                self.error(
+                    &key.referenced,
+                    &map.path(field),
+                    format!(
+                        "{field} applies only with series (a metrics scrape); add series or \
+                         remove {field}"
+                    ),
+                );
+                without_series = true;
+            }
         }
-        let aggregation = self.aggregation(&map);
+        let (aggregation, histogram_quantile) =
+            self.series_reading(&map, series.as_ref().and_then(Option::as_ref), interval);
         let max_body_bytes = match map.get("maxBodyBytes") {
             Some(n) => self.max_body_bytes(n, &map.path("maxBodyBytes")),
             None if map.get("series").is_some() => Some(DEFAULT_METRICS_MAX_BODY_BYTES),
             None => Some(DEFAULT_HTTP_MAX_BODY_BYTES),
         };
-        if map.get("series").is_none() && map.key_node("aggregation").is_some() {
+        if without_series {
             return None;
         }
         Some(ApiserverProbeSpec {
@@ -1489,6 +1632,7 @@ impl Checker<'_> {
             body_match: body_match?,
             series: series?,
             aggregation: aggregation?,
+            histogram_quantile: histogram_quantile?,
             max_body_bytes: max_body_bytes?,
         })
     }
@@ -1729,22 +1873,7 @@ impl Checker<'_> {
     ) -> Option<Condition> {
         let map = self.map(node, path)?;
         self.deny_unknown(&map, LATENCY_FIELDS, &[]);
-        let quantile = match map.get("quantile") {
-            Some(n) => {
-                let path = map.path("quantile");
-                self.number(n, &path).and_then(|q| {
-                    if q <= 0.0 || q > 1.0 {
-                        let message = format!(
-                            "must be greater than 0 and at most 1 (e.g. 0.99 for p99), found {q}"
-                        );
-                        self.error(&n.referenced, &path, message);
-                        return None;
-                    }
-                    Some(q)
-                })
-            }
-            None => Some(DEFAULT_QUANTILE),
-        };
+        let quantile = self.quantile(&map);
         let max = self.required(&map, "max").and_then(|n| {
             let path = map.path("max");
             let d = self.duration(n, &path)?;
@@ -1760,6 +1889,22 @@ impl Checker<'_> {
             max: max?,
             window: window??,
         })
+    }
+
+    /// `quantile` of a latency condition or a histogramQuantile: in (0, 1], default 0.99.
+    fn quantile(&mut self, map: &Map<'_>) -> Option<f64> {
+        let Some(n) = map.get("quantile") else {
+            return Some(DEFAULT_QUANTILE);
+        };
+        let path = map.path("quantile");
+        let q = self.number(n, &path)?;
+        if q <= 0.0 || q > 1.0 {
+            let message =
+                format!("must be greater than 0 and at most 1 (e.g. 0.99 for p99), found {q}");
+            self.error(&n.referenced, &path, message);
+            return None;
+        }
+        Some(q)
     }
 
     fn threshold(&mut self, node: &Node, path: &str) -> Option<Condition> {
@@ -1889,6 +2034,14 @@ struct Kinds<'n> {
 // ----- value checks without positions ---------------------------------------------------
 
 /// RFC 1123 label: 1..=63 of `[a-z0-9-]`, starting and ending alphanumeric.
+/// The label a series matcher tests.
+fn matcher_label(m: &LabelMatcher) -> &str {
+    match m {
+        LabelMatcher::Equal(l, _) | LabelMatcher::NotEqual(l, _) => l,
+        LabelMatcher::Regex(l, _) | LabelMatcher::NotRegex(l, _) => l,
+    }
+}
+
 fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();
     let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();

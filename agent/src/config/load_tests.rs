@@ -325,6 +325,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                         ],
                     },
                     aggregation: Aggregation::Max,
+                    histogram_quantile: None,
                 }),
                 condition: Condition::Increase {
                     max: 0.0,
@@ -345,7 +346,7 @@ fn a_full_file_parses_into_the_exact_spec() {
                 condition: Condition::Latency {
                     quantile: 0.99,
                     max: secs(1),
-                    window: secs(300),
+                    window: Duration::from_secs(300),
                 },
                 expected_disruptions: Vec::new(),
                 source: "full.yaml:65:5".into(),
@@ -1195,7 +1196,7 @@ fn metrics_rules() {
                     "{p}.series: invalid series selector at character 7: expected =, !=, =~ or !~ after label name \"job\""
                 ),
                 &format!(
-                    "{p}.extra: unknown field; expected one of url, series, aggregation, headers, bearerTokenFile, tls, connection, maxBodyBytes, followRedirects"
+                    "{p}.extra: unknown field; expected one of url, series, aggregation, histogramQuantile, headers, bearerTokenFile, tls, connection, maxBodyBytes, followRedirects"
                 ),
             ],
         ),
@@ -1514,6 +1515,7 @@ fn apiserver_probes_parse_with_defaults() {
             body_match: None,
             series: None,
             aggregation: Aggregation::Sum,
+            histogram_quantile: None,
             max_body_bytes: DEFAULT_HTTP_MAX_BODY_BYTES,
         })
     );
@@ -1580,7 +1582,7 @@ fn apiserver_probe_errors() {
             &with_probe("apiserver: {path: /readyz, connection: fresh, url: x}"),
             &[
                 "invariants[0].probe.apiserver.connection: unknown value \"fresh\"; expected one of new, reused",
-                "invariants[0].probe.apiserver.url: unknown field; expected one of path, connection, body, series, aggregation, maxBodyBytes",
+                "invariants[0].probe.apiserver.url: unknown field; expected one of path, connection, body, series, aggregation, histogramQuantile, maxBodyBytes",
             ],
         ),
         (
@@ -1828,4 +1830,128 @@ fn same_spec_ignores_only_the_source() {
     let mut c = a.clone();
     c.labels.insert("team".into(), "x".into());
     assert!(!a.same_spec(&c));
+}
+
+// ----- histogramQuantile -----------------------------------------------------------------
+
+const SLO_SERIES: &str = r#"apiserver_request_duration_seconds_bucket{verb!~"WATCH|CONNECT"}"#;
+
+#[test]
+fn histogram_quantile_parses_with_defaults_and_reads_back_as_promql() {
+    let inv = parse_invariant(&format!(
+        "probe:\n  apiserver:\n    path: /metrics\n    series: '{SLO_SERIES}'\n    histogramQuantile: {{by: [resource, verb, scope]}}\ncondition: {{threshold: {{max: 1}}}}"
+    ));
+    let ProbeSpec::Apiserver(a) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(
+        a.histogram_quantile,
+        Some(HistogramQuantileSpec {
+            quantile: 0.99,
+            window: Duration::from_secs(300),
+            by: vec!["resource".into(), "verb".into(), "scope".into()],
+        })
+    );
+    // The worst group is the default: a sum of quantiles means nothing.
+    assert_eq!(a.aggregation, Aggregation::Max);
+    assert_eq!(
+        inv.probe.target(),
+        "/metrics max(histogram_quantile(0.99, sum by (le, resource, verb, scope) \
+         (increase(apiserver_request_duration_seconds_bucket{verb!~\"WATCH|CONNECT\"}[5m]))))"
+    );
+
+    let inv = parse_invariant(&with_probe(
+        "metrics: {url: 'http://a/m', series: x_bucket, aggregation: min, histogramQuantile: {quantile: 0.5, window: 1m}}",
+    ));
+    let ProbeSpec::Metrics(m) = &inv.probe else {
+        panic!("{:?}", inv.probe)
+    };
+    assert_eq!(m.aggregation, Aggregation::Min);
+    assert_eq!(
+        m.histogram_quantile,
+        Some(HistogramQuantileSpec {
+            quantile: 0.5,
+            window: Duration::from_secs(60),
+            by: vec![],
+        })
+    );
+    assert_eq!(
+        inv.probe.target(),
+        "http://a/m histogram_quantile(0.5, sum by (le) (increase(x_bucket[1m])))"
+    );
+}
+
+#[test]
+fn histogram_quantile_errors_name_the_field_and_the_fix() {
+    let p = "invariants[0].probe.metrics";
+    let metrics = |fields: &str| with_probe(&format!("metrics: {{url: 'http://a/m', {fields}}}"));
+    assert_cases(&[
+        (
+            &metrics("series: x_bucket, histogramQuantile: {quantile: 0}"),
+            &[&format!(
+                "{p}.histogramQuantile.quantile: must be greater than 0 and at most 1 (e.g. 0.99 for p99), found 0"
+            )],
+        ),
+        (
+            &metrics("series: x_bucket, histogramQuantile: {quantile: 1.5}"),
+            &[&format!(
+                "{p}.histogramQuantile.quantile: must be greater than 0 and at most 1 (e.g. 0.99 for p99), found 1.5"
+            )],
+        ),
+        (
+            // The test invariant's interval is the default, 5s.
+            &metrics("series: x_bucket, histogramQuantile: {window: 1s}"),
+            &[&format!(
+                "{p}.histogramQuantile.window: window 1s is shorter than the interval 5s; a window must hold at least one sample"
+            )],
+        ),
+        (
+            &metrics("series: x_bucket, histogramQuantile: {by: [verb, le, verb, 1x], extra: 1}"),
+            &[
+                &format!(
+                    "{p}.histogramQuantile.by[1]: le is always kept (the buckets are grouped by it); remove it"
+                ),
+                &format!("{p}.histogramQuantile.by[2]: \"verb\" is listed twice"),
+                &format!(
+                    "{p}.histogramQuantile.by[3]: \"1x\" is not a label name (letters, digits and '_', not starting with a digit)"
+                ),
+                &format!(
+                    "{p}.histogramQuantile.extra: unknown field; expected one of quantile, window, by"
+                ),
+            ],
+        ),
+        (
+            &metrics("series: 'x_count{le=\"1\"}', histogramQuantile: {}"),
+            &[
+                &format!(
+                    "{p}.series: series selects \"x_count\", but histogramQuantile reads a histogram's bucket series: name the metric with its _bucket suffix (e.g. apiserver_request_duration_seconds_bucket)"
+                ),
+                &format!(
+                    "{p}.series: a matcher on le drops buckets and skews the quantile; remove it (select whole histograms)"
+                ),
+            ],
+        ),
+        (
+            &metrics("series: x_bucket, aggregation: sum, histogramQuantile: {}"),
+            &[&format!(
+                "{p}.aggregation: sum of the groups' quantiles is not a latency; with histogramQuantile use max (the default: the worst group) or min"
+            )],
+        ),
+        (
+            &metrics("histogramQuantile: {}"),
+            &[&format!("{p}.series: required field is missing")],
+        ),
+        (
+            &with_probe("apiserver: {path: /readyz, histogramQuantile: {}}"),
+            &[
+                "invariants[0].probe.apiserver.histogramQuantile: histogramQuantile applies only with series (a metrics scrape); add series or remove histogramQuantile",
+            ],
+        ),
+        (
+            &with_probe("apiserver: {path: /metrics, series: x_bucket, histogramQuantile: 0.99}"),
+            &[
+                "invariants[0].probe.apiserver.histogramQuantile: expected a mapping, found the number 0.99",
+            ],
+        ),
+    ]);
 }

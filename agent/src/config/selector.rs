@@ -75,6 +75,12 @@ pub(super) fn regex_error_message(error: &regex::Error) -> String {
         .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// Whether `name` is a valid Prometheus label name, as a selector's matchers take them.
+pub(super) fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(is_label_start) && chars.all(is_label_char)
+}
+
 fn is_metric_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
 }

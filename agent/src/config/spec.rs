@@ -208,9 +208,17 @@ impl ProbeSpec {
             ProbeSpec::Http(h) => h.url.clone(),
             ProbeSpec::Tcp(t) => t.address.clone(),
             ProbeSpec::Dns(d) => d.name.clone(),
-            ProbeSpec::Metrics(m) => format!("{} {}", m.http.url, m.selector),
+            ProbeSpec::Metrics(m) => format!(
+                "{} {}",
+                m.http.url,
+                series_reading(&m.selector, m.aggregation, m.histogram_quantile.as_ref())
+            ),
             ProbeSpec::Apiserver(a) => match &a.series {
-                Some(series) => format!("{} {series}", a.path),
+                Some(series) => format!(
+                    "{} {}",
+                    a.path,
+                    series_reading(series, a.aggregation, a.histogram_quantile.as_ref())
+                ),
                 None => a.path.clone(),
             },
             ProbeSpec::Resource(r) => format!(
@@ -368,6 +376,61 @@ pub enum Aggregation {
     Count,
 }
 
+impl Aggregation {
+    /// The name used in the invariant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Max => "max",
+            Aggregation::Min => "min",
+            Aggregation::Count => "count",
+        }
+    }
+}
+
+/// A quantile of a histogram over a rolling window (`histogramQuantile` of metrics and
+/// apiserver probes): PromQL's
+/// `histogram_quantile(quantile, sum by (le, <by>) (increase(<series>[<window>])))`,
+/// one value per group, reduced to the sample's value by the probe's aggregation (`max`:
+/// the worst group, or `min`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramQuantileSpec {
+    /// Quantile in (0, 1], e.g. 0.99.
+    pub quantile: f64,
+    /// Window the bucket increases are taken over.
+    pub window: Duration,
+    /// Labels to group the buckets by, besides `le`; one group when empty.
+    pub by: Vec<String>,
+}
+
+/// How a probe reads its series, in PromQL: the selector alone, or
+/// `max(histogram_quantile(0.99, sum by (le, verb) (increase(x_bucket{…}[5m]))))`.
+fn series_reading(
+    selector: &MetricSelector,
+    aggregation: Aggregation,
+    histogram: Option<&HistogramQuantileSpec>,
+) -> String {
+    let Some(h) = histogram else {
+        return selector.to_string();
+    };
+    let window = humantime::format_duration(h.window)
+        .to_string()
+        .replace(' ', "");
+    let by: Vec<&str> = std::iter::once("le")
+        .chain(h.by.iter().map(String::as_str))
+        .collect();
+    let quantile = format!(
+        "histogram_quantile({}, sum by ({}) (increase({selector}[{window}])))",
+        h.quantile,
+        by.join(", ")
+    );
+    if h.by.is_empty() {
+        quantile
+    } else {
+        format!("{}({quantile})", aggregation.as_str())
+    }
+}
+
 /// A label matcher, as in PromQL: `name="v"`, `name!="v"`, `name=~"re"`, `name!~"re"`.
 #[derive(Clone, Debug)]
 pub enum LabelMatcher {
@@ -441,8 +504,11 @@ pub struct MetricsProbeSpec {
     pub http: HttpProbeSpec,
     /// Which series to read.
     pub selector: MetricSelector,
-    /// How to reduce them to one value.
+    /// How to reduce them to one value (with `histogram_quantile`: the groups' quantiles).
     pub aggregation: Aggregation,
+    /// When set, the series are a histogram's buckets and the value is a quantile over a
+    /// window.
+    pub histogram_quantile: Option<HistogramQuantileSpec>,
 }
 
 /// A GET of an API server path through the agent's Kubernetes client (its credentials,
@@ -460,6 +526,9 @@ pub struct ApiserverProbeSpec {
     pub series: Option<MetricSelector>,
     /// How to reduce the selected series to one value (with `series` only).
     pub aggregation: Aggregation,
+    /// When set (with `series` only), the series are a histogram's buckets and the value
+    /// is a quantile over a window.
+    pub histogram_quantile: Option<HistogramQuantileSpec>,
     /// Largest body read; a longer body fails the sample with `body_too_large`.
     pub max_body_bytes: usize,
 }

@@ -7,7 +7,8 @@
 //! `Connection: close`, so each sample dials and handshakes (what a new client sees).
 //! The status must be 2xx: 401 fails as `unauthorized`, 403 as `forbidden` (naming what
 //! RBAC must grant), anything else as `http_status` with the API server's message. With
-//! `series`, the body is Prometheus text reduced like the `metrics` probe's.
+//! `series`, the body is Prometheus text read like the `metrics` probe's (a reduction of
+//! the selected series, or a `histogramQuantile` over a window).
 
 use futures_util::FutureExt;
 use http::header::{ACCEPT, CONNECTION};
@@ -15,9 +16,9 @@ use http::{HeaderValue, Request};
 
 use super::KubeContext;
 use super::error::{from_client_error, from_status};
-use crate::config::spec::{Aggregation, ApiserverProbeSpec, BodyMatch, ConnectionMode};
+use crate::config::spec::{ApiserverProbeSpec, BodyMatch, ConnectionMode};
 use crate::probe::http::{check_body, read_capped};
-use crate::probe::metrics::{Selector, reduce};
+use crate::probe::metrics::{Reading, SeriesReader};
 use crate::probe::{BuildError, Probe, ProbeFuture};
 use crate::sample::{ErrorClass, Observation, ProbeError};
 
@@ -28,7 +29,7 @@ pub struct ApiserverProbe {
     path: String,
     connection: ConnectionMode,
     body_match: Option<BodyMatch>,
-    series: Option<(Selector, Aggregation)>,
+    series: Option<SeriesReader>,
     max_body_bytes: usize,
 }
 
@@ -46,7 +47,11 @@ impl ApiserverProbe {
     /// Builds the probe for `spec` on the shared clients of `kube`.
     pub fn new(spec: &ApiserverProbeSpec, kube: &KubeContext) -> Result<Self, BuildError> {
         let series = match &spec.series {
-            Some(s) => Some((Selector::new(&s.metric, &s.matchers)?, spec.aggregation)),
+            Some(s) => Some(SeriesReader::new(
+                s,
+                spec.aggregation,
+                spec.histogram_quantile.as_ref(),
+            )?),
             None => None,
         };
         Ok(ApiserverProbe {
@@ -60,7 +65,8 @@ impl ApiserverProbe {
         })
     }
 
-    async fn run(&self) -> Result<Option<f64>, ProbeError> {
+    async fn run(&self) -> Result<Reading, ProbeError> {
+        let started = self.series.as_ref().map(SeriesReader::clock);
         let mut request = Request::get(self.path.as_str());
         if self.connection == ConnectionMode::New {
             request = request.header(CONNECTION, HeaderValue::from_static("close"));
@@ -96,14 +102,11 @@ impl ApiserverProbe {
         if let Some(matcher) = &self.body_match {
             check_body(&body, matcher)?;
         }
-        let Some((selector, aggregation)) = &self.series else {
-            return Ok(None);
+        let (Some(reader), Some(started)) = (&self.series, started) else {
+            // Without series the sample has no value (`NoValue` is `Ok { value: None }`).
+            return Ok(Reading::NoValue);
         };
-        let text = String::from_utf8_lossy(&body);
-        match reduce(&text, selector, *aggregation) {
-            Ok(value) => Ok(value),
-            Err(e) => Err(ProbeError::new(ErrorClass::InvalidResponse, e.to_string())),
-        }
+        reader.read(&String::from_utf8_lossy(&body), started)
     }
 
     /// Reads the body under the cap; the rest is never read.
@@ -123,9 +126,7 @@ impl Probe for ApiserverProbe {
     fn observe(&self) -> ProbeFuture<'_> {
         self.run()
             .map(|result| match result {
-                Ok(Some(value)) => Observation::Ok { value: Some(value) },
-                Ok(None) if self.series.is_some() => Observation::Absent,
-                Ok(None) => Observation::Ok { value: None },
+                Ok(reading) => reading.observation(),
                 Err(e) => Observation::Failed(e),
             })
             .boxed()

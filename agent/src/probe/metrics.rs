@@ -7,22 +7,30 @@
 //! so a 10k-series scrape costs one pass and no allocation per non-matching series.
 //!
 //! No selected series means [`Observation::Absent`]: an absent counter proves nothing
-//! either way, which is different from a counter at 0.
+//! either way, which is different from a counter at 0. With `histogramQuantile` the
+//! series are a histogram's buckets and the value is a quantile of their increases over a
+//! window (see [`super::histogram_quantile`]); a scrape that leaves no observation in the
+//! window (the first one, or a quiet target) is a sample without a value.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
+use super::histogram_quantile::{HistogramWindow, ScrapeError, select_buckets};
 use super::http::{HttpFetcher, status_error};
 use super::prometheus_text::{self, ParseError, SampleRef};
 use super::{BuildError, Probe, ProbeFuture};
-use crate::config::spec::{Aggregation, LabelMatcher, MetricsProbeSpec, StatusRange};
+use crate::config::spec::{
+    Aggregation, HistogramQuantileSpec, LabelMatcher, MetricSelector, MetricsProbeSpec, StatusRange,
+};
 use crate::sample::{ErrorClass, Observation, ProbeError};
 
 /// The `metrics` probe.
 #[derive(Debug)]
 pub struct MetricsProbe {
     fetcher: HttpFetcher,
-    selector: Selector,
-    aggregation: Aggregation,
+    reader: SeriesReader,
 }
 
 impl MetricsProbe {
@@ -30,12 +38,16 @@ impl MetricsProbe {
     pub fn new(spec: &MetricsProbeSpec) -> Result<Self, BuildError> {
         Ok(MetricsProbe {
             fetcher: HttpFetcher::new(&spec.http)?,
-            selector: Selector::new(&spec.selector.metric, &spec.selector.matchers)?,
-            aggregation: spec.aggregation,
+            reader: SeriesReader::new(
+                &spec.selector,
+                spec.aggregation,
+                spec.histogram_quantile.as_ref(),
+            )?,
         })
     }
 
     async fn run(&self) -> Observation {
+        let started = self.reader.clock();
         let response = match self.fetcher.send().await {
             Ok(r) => r,
             Err(e) => return Observation::Failed(e),
@@ -57,14 +69,11 @@ impl MetricsProbe {
             Err(e) => return Observation::Failed(e),
         };
         let text = String::from_utf8_lossy(&body);
-        match reduce(&text, &self.selector, self.aggregation) {
-            Ok(Some(value)) => Observation::Ok { value: Some(value) },
-            Ok(None) => Observation::Absent,
-            // The invariant already names the target; the line number is what helps.
-            Err(e) => Observation::Failed(
-                self.fetcher
-                    .scrub(ProbeError::new(ErrorClass::InvalidResponse, e.to_string())),
-            ),
+        match self.reader.read(&text, started) {
+            Ok(reading) => reading.observation(),
+            // A body that echoes the request (an error page quoting headers) must not carry
+            // the token into the sample.
+            Err(e) => Observation::Failed(self.fetcher.scrub(e)),
         }
     }
 }
@@ -72,6 +81,136 @@ impl MetricsProbe {
 impl Probe for MetricsProbe {
     fn observe(&self) -> ProbeFuture<'_> {
         self.run().boxed()
+    }
+}
+
+/// What a scrape says, before it becomes an [`Observation`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reading {
+    /// The value.
+    Value(f64),
+    /// The series are there but give no value (a histogram without observations in its
+    /// window): a sample the condition cannot judge.
+    NoValue,
+    /// No series is selected.
+    Absent,
+}
+
+impl Reading {
+    /// The observation a probe reports for this reading.
+    pub fn observation(self) -> Observation {
+        match self {
+            Reading::Value(v) => Observation::Ok { value: Some(v) },
+            Reading::NoValue => Observation::Ok { value: None },
+            Reading::Absent => Observation::Absent,
+        }
+    }
+}
+
+/// How a probe turns a scrape into its value: the selected series reduced by an
+/// aggregation, or (with `histogramQuantile`) a quantile of a histogram over a window,
+/// which needs state kept from scrape to scrape. Shared by the `metrics` probe and the
+/// `apiserver` probe's `series`.
+#[derive(Debug)]
+pub struct SeriesReader {
+    selector: Selector,
+    aggregation: Aggregation,
+    histogram: Option<HistogramReader>,
+}
+
+/// The `histogramQuantile` part of a [`SeriesReader`].
+#[derive(Debug)]
+struct HistogramReader {
+    by: Vec<String>,
+    /// The series and quantile in PromQL, for logs.
+    expression: String,
+    /// Scrape times are measured from here (monotonic, unlike sample timestamps).
+    origin: Instant,
+    /// The window and the group last logged as the one giving the value. A std mutex:
+    /// it is held for a fold, never across an await.
+    state: Mutex<(HistogramWindow, Option<String>)>,
+}
+
+impl SeriesReader {
+    /// Compiles the selector; `histogram` turns on the histogram quantile.
+    pub fn new(
+        selector: &MetricSelector,
+        aggregation: Aggregation,
+        histogram: Option<&HistogramQuantileSpec>,
+    ) -> Result<Self, BuildError> {
+        Ok(SeriesReader {
+            selector: Selector::new(&selector.metric, &selector.matchers)?,
+            aggregation,
+            histogram: histogram.map(|spec| HistogramReader {
+                by: spec.by.clone(),
+                expression: format!(
+                    "p{} of {selector} over {}",
+                    spec.quantile * 100.0,
+                    humantime::format_duration(spec.window)
+                ),
+                origin: Instant::now(),
+                state: Mutex::new((HistogramWindow::new(spec), None)),
+            }),
+        })
+    }
+
+    /// The time to stamp a scrape with; take it before sending the request.
+    pub fn clock(&self) -> Duration {
+        self.histogram
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.origin.elapsed())
+    }
+
+    /// The reading of one scrape's body, started at `started` (from [`Self::clock`]).
+    /// A body that is not valid metrics text (or, for a histogram, not valid buckets)
+    /// fails the sample with `invalid_response` and leaves earlier scrapes' state as it
+    /// was.
+    pub fn read(&self, text: &str, started: Duration) -> Result<Reading, ProbeError> {
+        let invalid =
+            |e: &dyn std::fmt::Display| ProbeError::new(ErrorClass::InvalidResponse, e.to_string());
+        let Some(h) = &self.histogram else {
+            return match reduce(text, &self.selector, self.aggregation) {
+                Ok(Some(v)) => Ok(Reading::Value(v)),
+                Ok(None) => Ok(Reading::Absent),
+                // The invariant already names the target; the line number is what helps.
+                Err(e) => Err(invalid(&e)),
+            };
+        };
+        let buckets = select_buckets(text, &self.selector, &h.by).map_err(|e| invalid(&e))?;
+        // A poisoned lock means a bug panicked mid-fold; reading on beats failing every
+        // later sample of the run.
+        let mut guard = h.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (window, logged) = &mut *guard;
+        window
+            .fold(started, &buckets)
+            .map_err(|e: ScrapeError| invalid(&e))?;
+        if buckets.is_empty() {
+            return Ok(Reading::Absent);
+        }
+        let Some(chosen) = window.reduce(self.aggregation) else {
+            tracing::debug!(
+                series = %h.expression,
+                buckets = buckets.len(),
+                "no observations in the window"
+            );
+            return Ok(Reading::NoValue);
+        };
+        // Which group gives the value is what a reader of a violation needs (which verb,
+        // which resource); log it when it changes, not on every sample.
+        if logged.as_deref() != Some(chosen.group.as_str()) {
+            tracing::info!(
+                series = %h.expression,
+                group = %chosen.group,
+                value = chosen.value,
+                observations = chosen.observations,
+                "{} group is now {{{}}} at {}",
+                self.aggregation.as_str(),
+                chosen.group,
+                chosen.value
+            );
+            *logged = Some(chosen.group.clone());
+        }
+        Ok(Reading::Value(chosen.value))
     }
 }
 
@@ -140,7 +279,7 @@ impl Selector {
     }
 
     /// Whether `sample` is selected. A label the sample lacks counts as "".
-    fn selects(&self, sample: &SampleRef<'_>) -> bool {
+    pub(crate) fn selects(&self, sample: &SampleRef<'_>) -> bool {
         if sample.name != self.metric {
             return false;
         }
@@ -307,6 +446,7 @@ mod tests {
                 matchers,
             },
             aggregation,
+            histogram_quantile: None,
         })
     }
 
@@ -369,6 +509,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A histogramQuantile metrics probe on a real HTTP server whose histogram grows by
+    /// one request per scrape: the first scrape is a baseline (a sample without value),
+    /// then the value is the quantile of what arrived since; a broken scrape fails the
+    /// sample and leaves the window as it was; no series is absent.
+    #[tokio::test]
+    async fn histogram_quantile_scrapes_keep_their_window() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let scrapes = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = scrapes.clone();
+        let server = TestHttpServer::start(move |req| {
+            if req.uri().path() == "/empty" {
+                return reply(200, "other_metric 1\n");
+            }
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            if n == 2 {
+                return reply(200, "h_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} oops\n");
+            }
+            // Every scrape, one more request, slower than 1 s.
+            reply(
+                200,
+                &format!(
+                    "h_bucket{{le=\"1\"}} 10\nh_bucket{{le=\"+Inf\"}} {}\n",
+                    10 + n
+                ),
+            )
+        })
+        .await;
+        let spec = |path: &str| {
+            let mut spec = metrics_spec(&server.url(path), "h_bucket", vec![], Aggregation::Max);
+            if let ProbeSpec::Metrics(m) = &mut spec {
+                m.histogram_quantile = Some(HistogramQuantileSpec {
+                    quantile: 0.5,
+                    window: std::time::Duration::from_secs(300),
+                    by: vec![],
+                });
+            }
+            crate::probe::build(&spec, &Default::default()).unwrap()
+        };
+        let probe = spec("/metrics");
+        assert_eq!(probe.observe().await, Observation::Ok { value: None });
+        assert_eq!(probe.observe().await, Observation::Ok { value: Some(1.0) });
+        match probe.observe().await {
+            Observation::Failed(e) => {
+                assert_eq!(e.class, ErrorClass::InvalidResponse);
+                assert_eq!(e.message, "line 2: invalid value \"oops\"");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two more requests since the baseline: still all slow, and nothing was lost.
+        assert_eq!(probe.observe().await, Observation::Ok { value: Some(1.0) });
+        assert_eq!(spec("/empty").observe().await, Observation::Absent);
     }
 
     #[tokio::test]

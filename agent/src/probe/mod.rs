@@ -24,6 +24,7 @@ use crate::sample::Observation;
 
 pub(crate) mod classify;
 pub mod dns;
+pub mod histogram_quantile;
 pub mod http;
 pub mod metrics;
 pub mod prometheus_text;

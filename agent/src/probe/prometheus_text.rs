@@ -88,6 +88,12 @@ impl<'a> SampleRef<'a> {
         }
     }
 
+    /// The text between `{` and `}` as written (escapes kept): the series' identity from
+    /// one scrape of a target to the next.
+    pub fn raw_labels(&self) -> &'a str {
+        self.raw_labels
+    }
+
     /// The value of label `name`, unescaped, or `None` when the sample has no such label.
     pub fn label(&self, name: &str) -> Option<Cow<'a, str>> {
         self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
