@@ -67,7 +67,7 @@ status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 IFS=, read -ra list <<<"$scenarios"
 for scenario in "${list[@]}"; do
   config "$scenario"
-  for round in $(seq "$rounds"); do
+  for _ in $(seq "$rounds"); do
     for b in "${binaries[@]}"; do
       "$b" --log-level warn run -c "$work/$scenario.yaml" --report-dir "$work/report" >/dev/null 2>"$work/agent.log" &
       pid=$!
