@@ -11,6 +11,7 @@ const PROTO_FILES: &[&str] = &["../proto/invariant/v1/agent.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    pack_relative_relocations();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
     std::fs::write(
@@ -25,4 +26,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::api::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// Links the agent with packed relative relocations (DT_RELR) on GNU/Linux: the table the
+/// dynamic loader reads at every start shrinks from about 1.2 MB (`.rela.dyn`, one
+/// 24-byte entry per pointer in the binary) to a few KB, and so does the resident memory
+/// it took. Needs GNU ld >= 2.38 or lld >= 15 to link and glibc >= 2.36 to run (Debian
+/// 12, Ubuntu 22.10 and later; GNU ld leaves DT_RELR out when linking against an older
+/// glibc); the static musl build has no dynamic loader to care.
+fn pack_relative_relocations() {
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }

@@ -7,8 +7,10 @@
 //! wide. A quantile is reported as its bucket's midpoint (clamped to the observed minimum
 //! and maximum), so its **relative error is at most 1/128 (< 0.8 %)**; the maximum is
 //! exact. Latencies are truncated to whole microseconds first. Values are clamped at
-//! 2^42 µs (about 51 days), which bounds the histogram at 2 368 buckets (19 KiB); the
-//! bucket vector only grows as far as the largest value seen.
+//! 2^42 µs (about 51 days), which bounds the histogram at 2 368 buckets (9 KiB); the
+//! bucket vector only grows as far as the largest value seen (a few KiB: every
+//! invariant has one). A bucket counts up to 2^32 - 1 samples, 13 years at the shortest
+//! interval (100 ms); it would saturate rather than wrap.
 
 use std::time::Duration;
 
@@ -71,7 +73,7 @@ fn bucket_range(index: usize) -> (u64, u64) {
 /// Latency quantiles over the whole run.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LatencyHistogram {
-    counts: Vec<u64>,
+    counts: Vec<u32>,
     total: u64,
     min_us: u64,
     max_us: u64,
@@ -84,10 +86,13 @@ impl LatencyHistogram {
         let us = micros(latency).min(MAX_MICROS);
         let index = bucket_of(us);
         if index >= self.counts.len() {
-            // Grows at most 2 368 times over a run (once per new largest bucket).
+            // Grows at most 2 368 times over a run (once per new largest bucket), so exact
+            // growth costs nothing, while doubling would leave about 2 KiB unused per
+            // invariant (latencies of a few ms reach bucket 300-400).
+            self.counts.reserve_exact(index + 1 - self.counts.len());
             self.counts.resize(index + 1, 0);
         }
-        self.counts[index] += 1;
+        self.counts[index] = self.counts[index].saturating_add(1);
         if self.total == 0 {
             self.min_us = us;
             self.max_us = us;
@@ -111,7 +116,7 @@ impl LatencyHistogram {
         let wanted = rank(q, self.total);
         let mut seen = 0u64;
         for (index, &count) in self.counts.iter().enumerate() {
-            seen += count;
+            seen += u64::from(count);
             if seen >= wanted {
                 let (low, high) = bucket_range(index);
                 let mid = (low as f64 + high as f64) / 2.0;
@@ -180,5 +185,30 @@ mod tests {
         assert_eq!(rank(0.0, 7), 1);
         assert_eq!(rank(f64::NAN, 7), 1);
         assert_eq!(rank(0.5, 0), 0);
+    }
+
+    #[test]
+    fn a_full_bucket_saturates_instead_of_wrapping() {
+        let mut h = LatencyHistogram::default();
+        h.record(Duration::from_micros(5));
+        h.counts[5] = u32::MAX;
+        h.total = u64::from(u32::MAX);
+        h.record(Duration::from_micros(5));
+        h.record(Duration::from_micros(9));
+        assert_eq!(h.counts[5], u32::MAX);
+        assert_eq!(h.total, u64::from(u32::MAX) + 2);
+        assert_eq!(h.quantile_seconds(0.5), Some(5e-6));
+        assert_eq!(h.quantile_seconds(1.0), Some(9e-6));
+    }
+
+    #[test]
+    fn buckets_grow_only_as_far_as_the_largest_latency() {
+        let mut h = LatencyHistogram::default();
+        for us in [100, 2_000, 700] {
+            h.record(Duration::from_micros(us));
+        }
+        let needed = bucket_of(2_000) + 1;
+        assert_eq!(h.counts.len(), needed);
+        assert_eq!(h.counts.capacity(), needed, "no amortized over-allocation");
     }
 }

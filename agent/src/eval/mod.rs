@@ -67,7 +67,7 @@
 //! **6. Bounded memory.** Windows drop entries older than the window and hold at most
 //! [`MAX_WINDOW_ENTRIES`] entries (a tiny interval with a long window then covers
 //! the most recent entries only); increase windows store only non-zero deltas; the
-//! whole-run latency histogram is bounded (19 KiB at most, relative error below 0.8 %);
+//! whole-run latency histogram is bounded (9 KiB at most, relative error below 0.8 %);
 //! intervals are capped.
 //!
 //! # Time and late samples
