@@ -12,6 +12,8 @@ mod export_otlp;
 mod export_prometheus;
 mod export_support;
 mod faults;
+mod faults_support;
+mod faults_targets;
 mod kube_leader;
 mod kube_manifests;
 mod kube_probes;
