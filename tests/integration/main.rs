@@ -12,6 +12,7 @@ mod export_otlp;
 mod export_prometheus;
 mod export_support;
 mod faults;
+mod faults_collector;
 mod faults_report_dir;
 mod faults_support;
 mod faults_targets;
