@@ -13,6 +13,7 @@ mod export_prometheus;
 mod export_support;
 mod faults;
 mod faults_collector;
+mod faults_kube;
 mod faults_report_dir;
 mod faults_support;
 mod faults_targets;
