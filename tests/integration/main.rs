@@ -15,6 +15,7 @@ mod faults;
 mod faults_collector;
 mod faults_kube;
 mod faults_report_dir;
+mod faults_resources;
 mod faults_support;
 mod faults_targets;
 mod kube_leader;
