@@ -4,7 +4,6 @@
 //! fails for want of a descriptor and every tailer is served, where 256 descriptors
 //! would have run out at once. (Memory and report size over long runs: benches/soak.sh.)
 
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use invariant_agent::api::proto::TailRequest;
