@@ -167,6 +167,11 @@ async fn faults_kube_429_500_cut_watches_and_410_after_compaction() {
     let watches_before = proxy.watches();
     let behind = proxy.end_watches();
     set_ready(&kube, "node-2", "False").await;
+    // One more write, so the compaction below reaches past the watch's next revision:
+    // compacting exactly at node-2's write would keep that event but not its previous
+    // value, and the API server then fails the watch with a 500 ("PrevKv=nil") instead.
+    kube.kubectl_admin_ok(&["create", "namespace", "after-the-watch"])
+        .await;
     let compacted = etcd_compact_now(kube.etcd_port).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.hold_watches(false);
