@@ -320,6 +320,13 @@ pub fn run_options(
 /// Runs to the end on a fresh runtime, prints the summary, and maps the outcome to an
 /// exit code.
 pub fn execute_run(options: RunOptions, fail_on_violation: bool) -> ExitCode {
+    if let Some((before, after)) = crate::limits::raise_open_file_limit() {
+        tracing::info!(
+            before,
+            after,
+            "raised the open-file limit to the hard limit (sockets for reused connections, tailers and watches)"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod kube;
+pub mod limits;
 pub mod probe;
 pub mod reload;
 pub mod report;

@@ -103,6 +103,10 @@ impl Data {
 #[derive(Default)]
 struct SinkState {
     requests: Vec<(ExportMetricsServiceRequest, BTreeMap<String, String>)>,
+    /// While set, every request is refused with UNAVAILABLE (a backend in trouble).
+    refusing: bool,
+    /// Requests refused so far.
+    refused: usize,
 }
 
 /// An OTLP/gRPC metrics receiver in the test process: records every request (and its
@@ -131,11 +135,12 @@ impl MetricsService for SinkService {
                 _ => None,
             })
             .collect();
-        self.0
-            .lock()
-            .unwrap()
-            .requests
-            .push((request.into_inner(), metadata));
+        let mut state = self.0.lock().unwrap();
+        if state.refusing {
+            state.refused += 1;
+            return Err(tonic::Status::unavailable("the sink refuses (test fault)"));
+        }
+        state.requests.push((request.into_inner(), metadata));
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -171,6 +176,16 @@ impl OtlpSink {
             let _ = router.serve_with_incoming(incoming).await;
         });
         OtlpSink { addr, state }
+    }
+
+    /// Refuses every request from now on with UNAVAILABLE (`true`), or takes them again.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.state.lock().unwrap().refusing = refusing;
+    }
+
+    /// Requests refused so far.
+    pub fn refused_count(&self) -> usize {
+        self.state.lock().unwrap().refused
     }
 
     /// Requests received so far.
@@ -434,6 +449,9 @@ exporters:
     tls:
       insecure: true
     sending_queue:
+      enabled: false
+    # A failing backend is answered to the sender at once, not retried for minutes.
+    retry_on_failure:
       enabled: false
 service:
   telemetry:

@@ -575,7 +575,7 @@ async fn kube_default_invariants_hold_against_a_real_api_server() {
         &config,
         &[
             "--duration",
-            "8s",
+            "10s",
             "--scope",
             "cluster",
             "--leader-elect",
@@ -592,14 +592,17 @@ async fn kube_default_invariants_hold_against_a_real_api_server() {
     let node_agent = spawn_agent_with_env(
         &node_ws,
         &config,
-        &["--duration", "8s", "--scope", "node"],
+        &["--duration", "10s", "--scope", "node"],
         &[
             ("NODE_NAME", "node-1"),
             ("POD_NAMESPACE", "invariant-agent"),
         ],
     );
     // The API call latency invariants judge calls made after their first scrape (the
-    // baseline); make some in every scope they cover, leaving scrapes after them.
+    // baseline), which the cluster agent takes once it leads; make some in every scope
+    // they cover after that, twice, leaving scrapes (every 2 s) after them.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    crate::kube_probes::api_calls_in_every_scope(&kube).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     crate::kube_probes::api_calls_in_every_scope(&kube).await;
     let mut ran = 0;

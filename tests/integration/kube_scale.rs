@@ -605,12 +605,10 @@ impl Fleet {
             .collect()
     }
 
-    /// The cluster agent that wrote the Lease (created or updated it) since `since`, if
-    /// one did. Attempts the API server refused (409: another candidate wrote first) do
-    /// not count.
-    fn leader(&self, since: Instant) -> Option<usize> {
-        let writers: BTreeSet<usize> = self
-            .proxy
+    /// The cluster agents that wrote the Lease (created or updated it) since `since`.
+    /// Attempts the API server refused (409: another candidate wrote first) do not count.
+    fn lease_writers(&self, since: Instant) -> BTreeSet<usize> {
+        self.proxy
             .requests()
             .iter()
             .filter(|s| {
@@ -620,7 +618,13 @@ impl Fleet {
                     && (200..300).contains(&s.status)
             })
             .map(|s| s.agent)
-            .collect();
+            .collect()
+    }
+
+    /// The cluster agent that wrote the Lease since `since`, if one did; in steady state
+    /// only the leader writes it.
+    fn leader(&self, since: Instant) -> Option<usize> {
+        let writers = self.lease_writers(since);
         assert!(
             writers.len() <= 1,
             "two agents wrote the Lease: {writers:?}"
@@ -633,8 +637,13 @@ impl Fleet {
     async fn wait_settled(&self, cluster_watches: usize, node_watches: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // At start every candidate may write the Lease once more (agreeing on the
+            // run id: creating it unheld or annotating it), so settled means one writer
+            // for the last 5 s.
             let since = Instant::now() - Duration::from_secs(5);
-            if let Some(leader) = self.leader(since)
+            let writers = self.lease_writers(since);
+            if writers.len() == 1
+                && let Some(&leader) = writers.first()
                 && self.proxy.open_watches(leader) == cluster_watches
                 && self
                     .with_role(Role::Node)

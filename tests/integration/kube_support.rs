@@ -117,6 +117,11 @@ pub struct KubeApiserver {
 impl KubeApiserver {
     /// Starts etcd and the API server and waits until `/readyz` answers 200.
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// As [`Self::start`], with extra kube-apiserver flags (e.g. `--watch-cache=false`).
+    pub async fn start_with_args(extra_args: &[&str]) -> Self {
         let apiserver_binary = kube_apiserver_binary();
         let etcd_binary = etcd_binary();
         kubectl_binary();
@@ -188,6 +193,8 @@ impl KubeApiserver {
             // the kubernetes Service anyway.
             "--endpoint-reconciler-type=none".to_string(),
         ];
+        let mut apiserver_args = apiserver_args;
+        apiserver_args.extend(extra_args.iter().map(|a| a.to_string()));
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca_der.clone()).unwrap();

@@ -276,7 +276,8 @@ pub fn assert_between(what: &str, actual: i64, low: i64, high: i64) {
 pub struct Dnsmasq {
     pub addr: SocketAddr,
     hosts: PathBuf,
-    child: std::process::Child,
+    binary: &'static str,
+    child: Option<std::process::Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -290,7 +291,21 @@ impl Dnsmasq {
         let hosts_path = dir.path().join("hosts");
         std::fs::write(&hosts_path, hosts).unwrap();
         let port = free_udp_port();
-        let child = std::process::Command::new(binary)
+        let mut dns = Dnsmasq {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            hosts: hosts_path,
+            binary,
+            child: None,
+            _dir: dir,
+        };
+        dns.resume();
+        dns
+    }
+
+    /// Starts dnsmasq (again) on the same port and waits until it accepts TCP.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "dnsmasq is already running");
+        let child = std::process::Command::new(self.binary)
             .args([
                 "--keep-in-foreground",
                 "--no-resolv",
@@ -303,42 +318,47 @@ impl Dnsmasq {
                 "--cache-size=0",
                 "--log-facility=-",
             ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", hosts_path.display()))
+            .arg(format!("--port={}", self.addr.port()))
+            .arg(format!("--addn-hosts={}", self.hosts.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        self.child = Some(child);
         // dnsmasq binds TCP too; wait until it accepts.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while std::net::TcpStream::connect(self.addr).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "dnsmasq did not start on {addr}"
+                "dnsmasq did not start on {}",
+                self.addr
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Dnsmasq {
-            addr,
-            hosts: hosts_path,
-            child,
-            _dir: dir,
+    }
+
+    /// Kills dnsmasq (the DNS server is gone: its port answers nothing) and returns the
+    /// wall time once it has exited.
+    pub fn stop(&mut self) -> i64 {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        now_ms()
     }
 
     /// Rewrites the hosts file and makes dnsmasq reload it; returns the wall time.
     pub fn set_hosts(&self, hosts: &str) -> i64 {
         std::fs::write(&self.hosts, hosts).unwrap();
-        signal(self.child.id(), "HUP");
+        let child = self.child.as_ref().expect("dnsmasq is not running");
+        signal(child.id(), "HUP");
         now_ms()
     }
 }
 
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

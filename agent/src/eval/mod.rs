@@ -85,7 +85,12 @@
 //!   stay exact) and its verdict is applied at the newest time seen, except that a late
 //!   Good verdict never ends an episode (it predates the Bad samples that opened it). A
 //!   late Bad sample newer than the last Good sample moves the start of the episode's
-//!   first interval back to its own time; otherwise it counts at the newest time;
+//!   first interval back to its own time. A late Bad sample older than a Good one is
+//!   history, not news: the newer Good sample already said the invariant holds, so it
+//!   changes no state. It is folded into the closed interval it falls in (a request that
+//!   hung through an outage arrives after the recovery: it belongs to that outage), or,
+//!   if it falls in none and its verdict violates, it is recorded as a closed interval
+//!   of its own, from its time to the first Good sample after it;
 //! - for threshold and increase a late sample is Unknown: a gauge's newer reading already
 //!   supersedes it, and an older counter value after a newer one would look like a reset;
 //! - disruption folds late failures in without reordering: a late failure newer than the
@@ -139,6 +144,11 @@ pub const LATE_HORIZON: Duration = Duration::from_secs(300);
 
 /// Spare message buffers kept for reuse by the next interval.
 const MAX_SPARE_BUFFERS: usize = 4;
+
+/// Times of recent Good samples kept to end the interval of a late Bad sample at the
+/// first Good sample after it. A sample is at most `timeout / interval` (16) intervals
+/// late, so twice that many always reaches back far enough.
+const RECENT_GOOD: usize = 2 * crate::config::spec::MAX_SAMPLES_IN_FLIGHT as usize;
 
 /// Where an invariant stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -424,6 +434,39 @@ struct IntervalLog {
 }
 
 impl IntervalLog {
+    /// Records a late Bad sample at `at`, older than a Good sample already applied: adds
+    /// it to the closed interval that contains it, else (when `j` violates) inserts a
+    /// closed interval `[at, first Good after it]` in time order, cut short of the next
+    /// interval so intervals never overlap.
+    fn record_late(
+        &mut self,
+        at: i64,
+        j: &Judgement<'_>,
+        first_good_after: i64,
+        spare: &mut Vec<String>,
+    ) {
+        let next = self.closed.partition_point(|v| v.start.0 <= at);
+        if let Some(v) = next.checked_sub(1).map(|i| &mut self.closed[i])
+            && v.end.is_none_or(|end| at < end.0)
+        {
+            v.samples += 1;
+            return;
+        }
+        if !j.violates {
+            return;
+        }
+        if self.closed.len() >= MAX_VIOLATIONS {
+            self.dropped += 1;
+            return;
+        }
+        let end = self
+            .closed
+            .get(next)
+            .map_or(first_good_after, |v| v.start.0.min(first_good_after));
+        let interval = Segment::open(at, j, spare).into_interval(end.max(at));
+        self.closed.insert(next, interval);
+    }
+
     fn push(&mut self, interval: ViolationInterval, spare: &mut Vec<String>) {
         if self.closed.len() < MAX_VIOLATIONS {
             self.closed.push(interval);
@@ -455,6 +498,8 @@ pub struct Evaluator {
     newest: Option<i64>,
     /// Time of the newest Good sample applied.
     last_good: Option<i64>,
+    /// Times of the latest [`RECENT_GOOD`] Good samples, in arrival order.
+    recent_good: std::collections::VecDeque<i64>,
     last_value: Option<f64>,
     /// Whether any sample was judged Good or Bad.
     judged: bool,
@@ -480,6 +525,7 @@ impl Evaluator {
             horizon_ms,
             newest: None,
             last_good: None,
+            recent_good: std::collections::VecDeque::with_capacity(RECENT_GOOD),
             last_value: None,
             judged: false,
             episode: None,
@@ -591,6 +637,10 @@ impl Evaluator {
     }
 
     fn on_good(&mut self, j: &Judgement<'_>, at: i64, end: i64, late: bool) -> Option<Transition> {
+        if self.recent_good.len() == RECENT_GOOD {
+            self.recent_good.pop_front();
+        }
+        self.recent_good.push_back(at);
         if late && self.episode.is_some() {
             // It predates the Bad samples of the episode: evidence about the past, not a
             // recovery.
@@ -630,32 +680,39 @@ impl Evaluator {
     fn on_bad(&mut self, j: &Judgement<'_>, at: i64, end: i64, late: bool) -> Option<Transition> {
         self.judged = true;
         let from = self.state;
-        // A late Bad sample sits at its own time unless a Good sample was seen after it;
-        // then the newest time stands in for it.
-        let placed = if late && self.last_good.is_some_and(|g| at <= g) {
-            end
-        } else {
-            at
-        };
+        if let Some(last_good) = self.last_good.filter(|&g| late && at <= g) {
+            // A newer Good sample was already applied: this is history, not a change of
+            // state (see the module docs).
+            let first_good_after = self
+                .recent_good
+                .iter()
+                .copied()
+                .filter(|&g| g >= at)
+                .min()
+                .unwrap_or(last_good);
+            self.log
+                .record_late(at, j, first_good_after, &mut self.spare);
+            return None;
+        }
         let for_ms = self.judge.threshold().map(|t| t.for_ms);
         let for_elapsed = |start: i64| for_ms.is_some_and(|f| end.saturating_sub(start) >= f);
         let violated = match &mut self.episode {
             None => {
-                let violated = j.violates || for_elapsed(placed);
+                let violated = j.violates || for_elapsed(at);
                 self.episode = Some(Episode {
-                    start: placed,
+                    start: at,
                     violated,
                     first_segment: true,
                     bad_samples: 1,
-                    segment: Segment::open(placed, j, &mut self.spare),
+                    segment: Segment::open(at, j, &mut self.spare),
                 });
                 violated
             }
             Some(ep) => {
                 ep.bad_samples += 1;
-                if ep.first_segment && placed < ep.segment.start {
-                    ep.segment.start = placed;
-                    ep.start = ep.start.min(placed);
+                if ep.first_segment && at < ep.segment.start {
+                    ep.segment.start = at;
+                    ep.start = ep.start.min(at);
                 }
                 let was_violated = ep.violated;
                 let violated = was_violated || j.violates || for_elapsed(ep.start);

@@ -717,7 +717,7 @@ fn late_success_does_not_end_an_episode() {
 }
 
 #[test]
-fn late_failure_after_recovery_counts_at_newest_time() {
+fn late_failure_after_recovery_is_its_own_closed_interval_without_a_transition() {
     let mut e = availability(100.0, Duration::from_secs(300));
     let t = feed(
         &mut e,
@@ -728,18 +728,51 @@ fn late_failure_after_recovery_counts_at_newest_time() {
             ok(3 * S),
         ],
     );
+    // The newer ok at 2 s already said it holds: history, not a change of state.
+    assert_eq!(t, vec![(0, Unknown, Holding)]);
+    let s = e.summary(Timestamp(3 * S));
+    assert_eq!(
+        spans(&s),
+        vec![(S, Some(2 * S), Some(ErrorClass::Timeout), 1)]
+    );
+    assert_eq!(s.state, Holding);
+    assert_eq!(s.samples.failed, 1);
+}
+
+#[test]
+fn requests_that_hung_through_an_outage_fold_into_its_interval() {
+    // 1 s interval, 3 s timeout: the target hangs from 10 s to 15 s. The samples started
+    // at 13 and 14 s time out at 16 and 17 s, after the ok sample at 15 s ended the
+    // outage; they belong to it and must not open intervals after the recovery.
+    let mut e = availability(100.0, Duration::from_secs(300));
+    let mut samples: Vec<Sample> = (0..10).map(|i| ok(i * S)).collect();
+    samples.extend([
+        fail(10 * S, ErrorClass::Timeout, "no answer within 3s"), // arrives at 13 s
+        fail(11 * S, ErrorClass::Timeout, "no answer within 3s"), // 14 s
+        fail(12 * S, ErrorClass::Timeout, "no answer within 3s"), // 15 s (before the ok)
+        ok(15 * S),
+        ok(16 * S),
+        fail(13 * S, ErrorClass::Timeout, "no answer within 3s"), // 16 s, late
+        ok(17 * S),
+        fail(14 * S, ErrorClass::Timeout, "no answer within 3s"), // 17 s, late
+        ok(18 * S),
+    ]);
+    let t = feed(&mut e, &samples);
     assert_eq!(
         t,
         vec![
             (0, Unknown, Holding),
-            (2 * S, Holding, Violated),
-            (3 * S, Violated, Holding)
+            (10 * S, Holding, Violated),
+            (15 * S, Violated, Holding)
         ]
     );
+    let s = e.summary(Timestamp(18 * S));
     assert_eq!(
-        spans(&e.summary(Timestamp(3 * S))),
-        vec![(2 * S, Some(3 * S), Some(ErrorClass::Timeout), 1)]
+        spans(&s),
+        vec![(10 * S, Some(15 * S), Some(ErrorClass::Timeout), 5)]
     );
+    assert_eq!(s.state, Holding);
+    assert_eq!(s.disruption_seconds, 5.0);
 }
 
 #[test]
