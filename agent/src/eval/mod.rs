@@ -130,7 +130,9 @@ use serde::{Deserialize, Serialize};
 use self::disruption::Disruption;
 use self::fmt::{At, Human};
 use self::histogram::LatencyHistogram;
-use self::judge::{Judge, Judgement, Verdict, Why, percent};
+/// Availability in percent: the one formula for the evaluator and for merged reports.
+pub(crate) use self::judge::percent;
+use self::judge::{Judge, Judgement, Verdict, Why};
 use crate::config::Condition;
 use crate::sample::{ErrorClass, Observation, Sample, Timestamp};
 

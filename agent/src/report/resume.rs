@@ -513,7 +513,7 @@ fn merge_invariant(p: &InvariantReport, s: &InvariantReport, cut: Timestamp) -> 
     let (ps, ss) = (&p.summary, &s.summary);
     let o = &mut out.summary;
     o.samples = add_totals(ps.samples, ss.samples);
-    o.availability_percent = percent(o.samples.ok, o.samples.failed);
+    o.availability_percent = crate::eval::percent(o.samples.ok, o.samples.failed);
     o.latency = match (ps.latency, ss.latency) {
         (Some(a), Some(b)) => Some(LatencySummary {
             p50: a.p50.max(b.p50),
@@ -562,12 +562,6 @@ fn add_totals(a: Totals, b: Totals) -> Totals {
         absent: a.absent.saturating_add(b.absent),
         missed: a.missed.saturating_add(b.missed),
     }
-}
-
-/// `ok / (ok + failed)` in percent, as the evaluator computes it.
-fn percent(ok: u64, failed: u64) -> Option<f64> {
-    let total = ok.saturating_add(failed);
-    (total > 0).then(|| ok as f64 * 100.0 / total as f64)
 }
 
 #[cfg(test)]
@@ -1198,7 +1192,7 @@ invariants:
                 prop_assert_eq!(s.samples.ok, sum(|t| t.ok));
                 prop_assert_eq!(s.samples.failed, sum(|t| t.failed));
                 prop_assert_eq!(s.samples.absent, sum(|t| t.absent));
-                prop_assert_eq!(s.availability_percent, percent(s.samples.ok, s.samples.failed));
+                prop_assert_eq!(s.availability_percent, crate::eval::percent(s.samples.ok, s.samples.failed));
                 let disruption: f64 = parts.iter().map(|p| p.summary.disruption_seconds).sum();
                 prop_assert!((s.disruption_seconds - disruption).abs() < 1e-9);
                 prop_assert_eq!(s.examined, parts.iter().any(|p| p.summary.examined));
