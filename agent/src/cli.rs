@@ -320,7 +320,7 @@ pub fn run_options(
 /// Runs to the end on a fresh runtime, prints the summary, and maps the outcome to an
 /// exit code.
 pub fn execute_run(options: RunOptions, fail_on_violation: bool) -> ExitCode {
-    if let Some((before, after)) = crate::limits::raise_open_file_limit() {
+    if let Some((before, after)) = crate::process::raise_open_file_limit() {
         tracing::info!(
             before,
             after,

@@ -94,6 +94,9 @@ pub enum RunError {
     Resume(#[from] report::resume::ResumeError),
 }
 
+/// When, after sampling starts, the code that only started the run is released.
+const RELEASE_STARTUP_CODE_AFTER: Duration = Duration::from_secs(10);
+
 /// How long the API may take to close after the run ended (inside the 2 s budget).
 const API_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -230,6 +233,14 @@ pub async fn run(
         shutdown.clone(),
         Some(control_rx),
     ));
+    // By now the run is set up and running; the code that only started it need not stay
+    // resident (see `process`). The delay lets the first samples and the first
+    // checkpoint run first, so the code they keep using is mapped back once, not twice.
+    let release_startup_code = tokio::spawn(async {
+        tokio::time::sleep(RELEASE_STARTUP_CODE_AFTER).await;
+        let resident = crate::process::release_startup_code();
+        tracing::debug!(bytes = resident, "released the start-up code's pages");
+    });
     let stop_reloading = CancellationToken::new();
     let reloader = options.reload.clone().map(|reload| {
         let election = match (&leading, options.leader_elect.leader_elect) {
@@ -263,6 +274,7 @@ pub async fn run(
         _ = deadline => tracing::info!("run duration reached; finishing the run"),
     }
     exporters.set_ready(false);
+    release_startup_code.abort();
     // No configuration change is applied once the run is finishing.
     stop_reloading.cancel();
     if let Some(reloader) = reloader {
