@@ -1,4 +1,5 @@
-//! Bounded resources: 1,000 invariants with reused connections (one socket each) and 100
+//! Bounded resources: 1,000 invariants on 1,000 servers with reused connections (one
+//! socket each: probes share keep-alive connections only within one `host:port`) and 100
 //! Tail subscribers (one connection each) under a soft open-file limit of 256 (the hard
 //! limit 8,192): the agent raises its soft limit to the hard one at start, so no sample
 //! fails for want of a descriptor and every tailer is served, where 256 descriptors
@@ -35,7 +36,9 @@ fn limits_line(pid: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_resources_1000_invariants_and_100_tailers_under_a_low_soft_fd_limit() {
-    // The target runs on a runtime of its own, so the tailers below never slow it down.
+    // This process holds a listener and a connection per target.
+    invariant_agent::process::raise_open_file_limit();
+    // The targets run on a runtime of their own, so the tailers below never slow them down.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,15 +47,18 @@ async fn faults_resources_1000_invariants_and_100_tailers_under_a_low_soft_fd_li
             .build()
             .unwrap();
         runtime.block_on(async move {
-            tx.send(TestHttpServer::start(Reply::ok("ok")).await)
-                .unwrap();
+            let mut servers = Vec::with_capacity(INVARIANTS);
+            for _ in 0..INVARIANTS {
+                servers.push(TestHttpServer::start(Reply::ok("ok")).await);
+            }
+            tx.send(servers).unwrap();
             std::future::pending::<()>().await
         });
     });
-    let server = rx.recv().unwrap();
+    let servers = rx.recv().unwrap();
     let ws = Workspace::new();
     let mut invariants = String::new();
-    for i in 0..INVARIANTS {
+    for (i, server) in servers.iter().enumerate() {
         invariants.push_str(&format!(
             "  - name: target-{i}\n    description: d\n    owner: o\n    interval: 4s\n    timeout: 4s\n    probe:\n      http: {{url: \"{}\"}}\n    condition:\n      availability: {{target: 100, window: 1m}}\n",
             server.url(&format!("/t{i}"))

@@ -249,12 +249,14 @@ impl ProbeSpec {
 pub enum ConnectionMode {
     /// A fresh connection (and TLS handshake) per sample: catches accept-path outages.
     New,
-    /// Keep-alive connections reused across samples: catches in-flight request outages.
+    /// Keep-alive connections reused across samples (shared by the probes of the same
+    /// `host:port` and TLS settings, as one client would): catches in-flight request
+    /// outages.
     Reused,
 }
 
 /// TLS settings shared by http, tcp and metrics probes.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct TlsSpec {
     /// PEM bundle of CAs to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,

@@ -1,12 +1,23 @@
 //! The HTTP(S) probe, and the request machinery the metrics probe shares.
 //!
-//! [`HttpFetcher`] owns one hyper-util client per probe. With `connection: reused` the
-//! client keeps its keep-alive connection between samples, so a sample measures requests
-//! on an established connection (what in-flight API calls see); with `connection: new` the
-//! pool is disabled and `Connection: close` is sent, so every sample dials and handshakes
+//! With `connection: reused` a sample is a request on an established keep-alive
+//! connection (what in-flight API calls see); with `connection: new` the probe's client
+//! keeps no connection and sends `Connection: close`, so every sample dials and handshakes
 //! (what a new client sees). OpenShift's disruption monitor measures both for the same
 //! reason: an outage of the accept path and an outage of established connections look
 //! different.
+//!
+//! The `http` probes' reused connections belong to [`KeepAliveClients`], one client per
+//! TLS setting for all the probes of a run, as one program's HTTP client would hold them:
+//! probes of the same `host:port` share its idle connections, and a sample dials only when
+//! none is idle (the first one, after the server closed one, or when more requests are in
+//! flight at once than connections are open). A connection per probe would cost each one
+//! hyper's buffers (about 27 KiB) for a connection that sits idle all but a few
+//! milliseconds of each interval: with 1,000 invariants on one server, most of the
+//! agent's memory. Behind a load balancer, successive samples may therefore reach
+//! different backends, as a client's requests do. The `metrics` probe keeps a connection
+//! of its own: it reads counters as increases between scrapes, which must come from one
+//! server.
 //!
 //! The bearer token is read from its file on first use and re-read whenever the file's
 //! identity, length or modification time changes (Kubernetes rotates projected tokens by
@@ -21,9 +32,10 @@
 //! header) to another origin. Either stops after [`MAX_REDIRECTS`]; a redirect not
 //! followed is the reply judged, and its status error says where it pointed.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::FutureExt;
@@ -40,12 +52,80 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::classify::{Stage, classify};
 use super::{BuildError, Probe, ProbeFuture, tls};
-use crate::config::spec::{BodyMatch, ConnectionMode, FollowRedirects, HttpProbeSpec, StatusRange};
+use crate::config::spec::{
+    BodyMatch, ConnectionMode, FollowRedirects, HttpProbeSpec, StatusRange, TlsSpec,
+};
 use crate::sample::{ErrorClass, Observation, ProbeError};
+
+/// The client every HTTP request of a probe goes through.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The clients that keep the `connection: reused` probes' keep-alive connections: one
+/// per TLS setting (`http://` targets need none), shared by all probes built with the same
+/// `KeepAliveClients`. Its clones share the clients.
+#[derive(Clone, Default)]
+pub struct KeepAliveClients {
+    by_tls: Arc<Mutex<HashMap<Option<TlsSpec>, HttpClient>>>,
+}
+
+impl fmt::Debug for KeepAliveClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clients = self.by_tls.lock().map_or(0, |clients| clients.len());
+        f.debug_struct("KeepAliveClients")
+            .field("clients", &clients)
+            .finish()
+    }
+}
+
+impl KeepAliveClients {
+    /// The shared client for `tls` (`None`: `http://` only), built on first use.
+    fn get(&self, tls: Option<&TlsSpec>) -> Result<HttpClient, BuildError> {
+        let mut clients = self.by_tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&tls.cloned()) {
+            return Ok(client.clone());
+        }
+        let client = build_client(tls, ConnectionMode::Reused)?;
+        clients.insert(tls.cloned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// A client for `tls` (`None`: one that never speaks TLS); with `ConnectionMode::New` it
+/// keeps no idle connection.
+fn build_client(
+    tls: Option<&TlsSpec>,
+    connection: ConnectionMode,
+) -> Result<HttpClient, BuildError> {
+    let tls_config = match tls {
+        Some(tls) => tls::client_config(tls)?,
+        None => tls::unused_config()?,
+    };
+    let schemes = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let schemes = match tls.and_then(|tls| tls.server_name.as_deref()) {
+        Some(name) => {
+            schemes.with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?))
+        }
+        None => schemes,
+    };
+    let mut tcp = HttpConnector::new();
+    // The HTTPS connector wraps this one and needs it to accept https:// URIs.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let connector = schemes.enable_http1().wrap_connector(tcp);
+
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new());
+    if connection == ConnectionMode::New {
+        builder.pool_max_idle_per_host(0);
+    }
+    Ok(builder.build(connector))
+}
 
 /// Sends one configured request per sample and reads the reply under a size cap.
 pub struct HttpFetcher {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpClient,
     uri: Uri,
     /// `host:port` of the target, the only part of the URL used in messages.
     peer: String,
@@ -85,8 +165,9 @@ impl fmt::Debug for HttpFetcher {
 }
 
 impl HttpFetcher {
-    /// Builds the client for `spec`: parses the URL, loads TLS trust for `https://`.
-    pub fn new(spec: &HttpProbeSpec) -> Result<Self, BuildError> {
+    /// Builds the fetcher for `spec`: parses the URL, loads TLS trust for `https://`, and
+    /// with `connection: reused` takes its client from `keep_alive`.
+    pub fn new(spec: &HttpProbeSpec, keep_alive: &KeepAliveClients) -> Result<Self, BuildError> {
         let bad_url = |reason: &str| BuildError::Url {
             url: spec.url.clone(),
             reason: reason.to_string(),
@@ -105,31 +186,11 @@ impl HttpFetcher {
             .ok_or_else(|| bad_url("it has no host"))?;
         let peer = peer_of(&uri);
 
-        let tls_config = if https {
-            tls::client_config(&spec.tls)?
-        } else {
-            tls::unused_config()?
+        let tls = https.then_some(&spec.tls);
+        let client = match spec.connection {
+            ConnectionMode::Reused => keep_alive.get(tls)?,
+            ConnectionMode::New => build_client(tls, ConnectionMode::New)?,
         };
-        let schemes = HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config)
-            .https_or_http();
-        let schemes = match &spec.tls.server_name {
-            Some(name) => schemes
-                .with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?)),
-            None => schemes,
-        };
-        let mut tcp = HttpConnector::new();
-        // The HTTPS connector wraps this one and needs it to accept https:// URIs.
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let connector = schemes.enable_http1().wrap_connector(tcp);
-
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_timer(TokioTimer::new());
-        if spec.connection == ConnectionMode::New {
-            builder.pool_max_idle_per_host(0);
-        }
-        let client = builder.build(connector);
 
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.headers {
@@ -268,10 +329,10 @@ pub struct HttpProbe {
 }
 
 impl HttpProbe {
-    /// Builds the probe for `spec`.
-    pub fn new(spec: &HttpProbeSpec) -> Result<Self, BuildError> {
+    /// Builds the probe for `spec`, its reused connections kept by `keep_alive`.
+    pub fn new(spec: &HttpProbeSpec, keep_alive: &KeepAliveClients) -> Result<Self, BuildError> {
         Ok(HttpProbe {
-            fetcher: HttpFetcher::new(spec)?,
+            fetcher: HttpFetcher::new(spec, keep_alive)?,
             expected_status: if spec.expected_status.is_empty() {
                 vec![StatusRange {
                     low: 200,
@@ -817,7 +878,8 @@ mod tests {
     #[tokio::test]
     async fn reused_connections_are_reused_and_new_ones_are_not() {
         let server = TestHttpServer::start(|_| reply(200, "ok")).await;
-        let probe = HttpProbe::new(&http_spec(&server.url("/"))).unwrap();
+        let probe =
+            HttpProbe::new(&http_spec(&server.url("/")), &KeepAliveClients::default()).unwrap();
         for _ in 0..4 {
             assert_eq!(probe.observe().await, Observation::Ok { value: None });
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -835,7 +897,7 @@ mod tests {
         .await;
         let mut spec = http_spec(&server.url("/"));
         spec.connection = ConnectionMode::New;
-        let probe = HttpProbe::new(&spec).unwrap();
+        let probe = HttpProbe::new(&spec, &KeepAliveClients::default()).unwrap();
         for _ in 0..4 {
             assert_eq!(probe.observe().await, Observation::Ok { value: None });
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -844,9 +906,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn probes_of_one_server_share_their_keep_alive_connections() {
+        let server = TestHttpServer::start(|_| reply(200, "ok")).await;
+        let keep_alive = KeepAliveClients::default();
+        let probes: Vec<HttpProbe> = (0..20)
+            .map(|i| HttpProbe::new(&http_spec(&server.url(&format!("/p{i}"))), &keep_alive))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for _ in 0..3 {
+            for probe in &probes {
+                assert_eq!(probe.observe().await, Observation::Ok { value: None });
+            }
+        }
+        assert_eq!(server.requests.load(Ordering::SeqCst), 60);
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            1,
+            "one after the other, every probe's request went over the one idle connection"
+        );
+
+        // All at once: as many connections as requests in flight, at most, and no new
+        // ones afterwards.
+        let results = futures_util::future::join_all(probes.iter().map(|p| p.observe())).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| *r == Observation::Ok { value: None })
+        );
+        let after_burst = server.accepted.load(Ordering::SeqCst);
+        assert!((1..=20).contains(&after_burst), "{after_burst} connections");
+        for probe in &probes {
+            assert_eq!(probe.observe().await, Observation::Ok { value: None });
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), after_burst);
+
+        // Probes built with other keep-alive clients (another revision of the files) have
+        // connections of their own.
+        let other = HttpProbe::new(
+            &http_spec(&server.url("/other")),
+            &KeepAliveClients::default(),
+        )
+        .unwrap();
+        assert_eq!(other.observe().await, Observation::Ok { value: None });
+        assert_eq!(server.accepted.load(Ordering::SeqCst), after_burst + 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_shared_only_by_probes_with_the_same_tls_settings() {
+        let tls = TestTls::new();
+        let server = TestHttpServer::start_tls(tls.server_config(), |_| reply(200, "secure")).await;
+        let url = format!("https://localhost:{}/", server.addr.port());
+        let keep_alive = KeepAliveClients::default();
+
+        let mut trusting = http_spec(&url);
+        trusting.tls.ca_file = Some(tls.ca_file.path().to_path_buf());
+        let trusting = HttpProbe::new(&trusting, &keep_alive).unwrap();
+        assert_eq!(trusting.observe().await, Observation::Ok { value: None });
+        assert_eq!(trusting.observe().await, Observation::Ok { value: None });
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+
+        // Trusting another CA, the same server is rejected, although a connection another
+        // probe verified is idle in the same keep-alive clients.
+        let other = TestTls::new();
+        let mut wrong_ca = http_spec(&url);
+        wrong_ca.tls.ca_file = Some(other.ca_file.path().to_path_buf());
+        let wrong_ca = HttpProbe::new(&wrong_ca, &keep_alive).unwrap();
+        match wrong_ca.observe().await {
+            Observation::Failed(e) => assert_eq!(e.class, ErrorClass::Tls, "{e}"),
+            ok => panic!("expected a TLS failure, got {ok:?}"),
+        }
+        assert_eq!(trusting.observe().await, Observation::Ok { value: None });
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "the rejected one dialed its own"
+        );
+    }
+
+    #[tokio::test]
     async fn reused_connection_survives_a_bad_status() {
         let server = TestHttpServer::start(|_| reply(503, "unavailable")).await;
-        let probe = HttpProbe::new(&http_spec(&server.url("/"))).unwrap();
+        let probe =
+            HttpProbe::new(&http_spec(&server.url("/")), &KeepAliveClients::default()).unwrap();
         for _ in 0..3 {
             assert!(matches!(probe.observe().await, Observation::Failed(_)));
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -874,7 +1015,7 @@ mod tests {
         std::fs::write(&path, "first-token\n").unwrap();
         let mut spec = http_spec(&server.url("/"));
         spec.bearer_token_file = Some(path.clone());
-        let probe = HttpProbe::new(&spec).unwrap();
+        let probe = HttpProbe::new(&spec, &KeepAliveClients::default()).unwrap();
         probe.observe().await;
         probe.observe().await;
 
@@ -960,7 +1101,7 @@ mod tests {
         specs.push(mismatch);
 
         for spec in &specs {
-            let probe = HttpProbe::new(spec).unwrap();
+            let probe = HttpProbe::new(spec, &KeepAliveClients::default()).unwrap();
             let got = probe.observe().await;
             let Observation::Failed(e) = &got else {
                 panic!("{}: expected a failure, got {got:?}", spec.url)
@@ -1027,7 +1168,7 @@ mod tests {
     #[test]
     fn bad_urls_are_build_errors() {
         for url in ["ftp://x/", "not a url", "http:///path"] {
-            let e = HttpProbe::new(&http_spec(url)).unwrap_err();
+            let e = HttpProbe::new(&http_spec(url), &KeepAliveClients::default()).unwrap_err();
             assert!(matches!(e, BuildError::Url { .. }), "{url}: {e}");
             assert!(e.to_string().contains(url), "{e}");
         }

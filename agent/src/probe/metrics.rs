@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::histogram_quantile::{HistogramWindow, ScrapeError, select_buckets};
-use super::http::{HttpFetcher, status_error};
+use super::http::{HttpFetcher, KeepAliveClients, status_error};
 use super::prometheus_text::{self, ParseError, SampleRef};
 use super::{BuildError, Probe, ProbeFuture};
 use crate::config::spec::{
@@ -37,7 +37,10 @@ impl MetricsProbe {
     /// Builds the probe for `spec`.
     pub fn new(spec: &MetricsProbeSpec) -> Result<Self, BuildError> {
         Ok(MetricsProbe {
-            fetcher: HttpFetcher::new(&spec.http)?,
+            // A keep-alive connection of its own, not one shared with other probes of the
+            // server: counters are read as increases between scrapes, and behind a load
+            // balancer a shared pool's connections may reach different servers.
+            fetcher: HttpFetcher::new(&spec.http, &KeepAliveClients::default())?,
             reader: SeriesReader::new(
                 &spec.selector,
                 spec.aggregation,

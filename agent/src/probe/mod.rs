@@ -8,9 +8,10 @@
 //! that could only ever fail. Whatever comes from the network afterwards is a failed
 //! sample, never a panic.
 //!
-//! Probes share what a [`ProbeContext`] holds: for the Kubernetes probes (`apiserver`,
-//! `resource`, `events`, in [`crate::kube`]) the API server clients and the watches,
-//! so invariants on the same objects share one watch.
+//! Probes share what a [`ProbeContext`] holds: the keep-alive connections of `http`
+//! probes with `connection: reused` (see [`http`]), and for the Kubernetes
+//! probes (`apiserver`, `resource`, `events`, in [`crate::kube`]) the API server clients
+//! and the watches, so invariants on the same objects share one watch.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -159,6 +160,7 @@ pub enum BuildError {
 #[derive(Clone, Debug, Default)]
 pub struct ProbeContext {
     kube: Option<KubeContext>,
+    keep_alive: http::KeepAliveClients,
 }
 
 impl ProbeContext {
@@ -171,12 +173,26 @@ impl ProbeContext {
         }
         Ok(ProbeContext {
             kube: Some(KubeContext::connect(kube).await?),
+            keep_alive: http::KeepAliveClients::default(),
         })
     }
 
     /// A context with the given Kubernetes access.
     pub fn with_kube(kube: KubeContext) -> Self {
-        ProbeContext { kube: Some(kube) }
+        ProbeContext {
+            kube: Some(kube),
+            keep_alive: http::KeepAliveClients::default(),
+        }
+    }
+
+    /// The same Kubernetes access with keep-alive clients of its own, for the probes of a
+    /// new revision of the invariant files: their TLS settings are read anew (a changed
+    /// CA file takes effect) instead of reusing a client built from the old ones.
+    pub fn for_new_revision(&self) -> Self {
+        ProbeContext {
+            kube: self.kube.clone(),
+            keep_alive: http::KeepAliveClients::default(),
+        }
     }
 
     /// The Kubernetes access, when set up.
@@ -189,7 +205,7 @@ impl ProbeContext {
 pub fn build(spec: &ProbeSpec, context: &ProbeContext) -> Result<Arc<dyn Probe>, BuildError> {
     let kube = || context.kube.as_ref().ok_or(BuildError::NoKubernetes);
     Ok(match spec {
-        ProbeSpec::Http(s) => Arc::new(http::HttpProbe::new(s)?),
+        ProbeSpec::Http(s) => Arc::new(http::HttpProbe::new(s, &context.keep_alive)?),
         ProbeSpec::Tcp(s) => Arc::new(tcp::TcpProbe::new(s)?),
         ProbeSpec::Dns(s) => Arc::new(dns::DnsProbe::new(s)?),
         ProbeSpec::Metrics(s) => Arc::new(metrics::MetricsProbe::new(s)?),

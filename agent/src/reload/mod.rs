@@ -231,10 +231,11 @@ impl Reloader {
             Election::On(leading) => Some(leading.clone()),
             _ => None,
         };
+        let probes = self.probes.for_new_revision();
         let mut jobs = Vec::new();
         for invariant in diff.starting() {
             // The index is the engine's to assign, when it applies the change.
-            match crate::run::job(usize::MAX, invariant, &self.probes, gate.as_ref()) {
+            match crate::run::job(usize::MAX, invariant, &probes, gate.as_ref()) {
                 Ok(job) => jobs.push((invariant.clone(), job)),
                 Err(e) => problems.push(e.to_string()),
             }
