@@ -1,9 +1,10 @@
 //! What the agent adjusts about its own process: the open-file limit at start, and the
 //! code it ran only to start, released once the run is under way.
 //!
-//! **Open files.** Every `http` probe with `connection: reused` keeps a socket open,
-//! every Tail subscriber holds one, and watches, the API and the collector add more: a
-//! file of 2,000 invariants needs more than the 1,024 open files many systems give a
+//! **Open files.** Every `host:port` that `http` probes with `connection: reused` reach
+//! keeps a socket open (more while requests overlap), every `metrics` probe and Tail
+//! subscriber holds one, and watches, the API and the collector add more: a file of 2,000
+//! invariants on as many servers needs more than the 1,024 open files many systems give a
 //! process by default (the *soft* limit), while the *hard* limit the administrator set is
 //! usually far higher. As Go programs do since Go 1.19, the agent raises its soft limit to
 //! the hard one, so the limit that applies is the one someone chose, not a historical
