@@ -61,7 +61,8 @@ use crate::sample::{ErrorClass, Observation, ProbeError};
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The clients that keep the `connection: reused` probes' keep-alive connections: one
-/// per TLS setting (`http://` targets need none), shared by all probes built with the same
+/// per TLS setting (`http://` targets share one that speaks no TLS), shared by all probes
+/// built with the same
 /// `KeepAliveClients`. Its clones share the clients.
 #[derive(Clone, Default)]
 pub struct KeepAliveClients {
