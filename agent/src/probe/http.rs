@@ -62,8 +62,7 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The clients that keep the `connection: reused` probes' keep-alive connections: one
 /// per TLS setting (`http://` targets share one that speaks no TLS), shared by all probes
-/// built with the same
-/// `KeepAliveClients`. Its clones share the clients.
+/// built with the same `KeepAliveClients`. Its clones share the clients.
 #[derive(Clone, Default)]
 pub struct KeepAliveClients {
     by_tls: Arc<Mutex<HashMap<Option<TlsSpec>, HttpClient>>>,
