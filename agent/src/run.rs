@@ -238,8 +238,12 @@ pub async fn run(
     // checkpoint run first, so the code they keep using is mapped back once, not twice.
     let release_startup_code = tokio::spawn(async {
         tokio::time::sleep(RELEASE_STARTUP_CODE_AFTER).await;
-        let resident = crate::process::release_startup_code();
-        tracing::debug!(bytes = resident, "released the start-up code's pages");
+        // It reads /proc/self/smaps: off the runtime thread the engine and probes share.
+        if let Ok(resident) =
+            tokio::task::spawn_blocking(crate::process::release_startup_code).await
+        {
+            tracing::debug!(bytes = resident, "released the start-up code's pages");
+        }
     });
     let stop_reloading = CancellationToken::new();
     let reloader = options.reload.clone().map(|reload| {

@@ -171,17 +171,14 @@ impl ProbeContext {
         if !needs_kubernetes {
             return Ok(ProbeContext::default());
         }
-        Ok(ProbeContext {
-            kube: Some(KubeContext::connect(kube).await?),
-            keep_alive: http::KeepAliveClients::default(),
-        })
+        Ok(ProbeContext::with_kube(KubeContext::connect(kube).await?))
     }
 
     /// A context with the given Kubernetes access.
     pub fn with_kube(kube: KubeContext) -> Self {
         ProbeContext {
             kube: Some(kube),
-            keep_alive: http::KeepAliveClients::default(),
+            ..ProbeContext::default()
         }
     }
 
@@ -191,7 +188,7 @@ impl ProbeContext {
     pub fn for_new_revision(&self) -> Self {
         ProbeContext {
             kube: self.kube.clone(),
-            keep_alive: http::KeepAliveClients::default(),
+            ..ProbeContext::default()
         }
     }
 
