@@ -616,12 +616,11 @@ impl Evaluator {
                 violations_dropped += 1;
             }
         }
-        let latency = self.latencies.max_seconds().map(|max| LatencySummary {
-            p50: self.latencies.quantile_seconds(0.5).unwrap_or(max),
-            p90: self.latencies.quantile_seconds(0.9).unwrap_or(max),
-            p99: self.latencies.quantile_seconds(0.99).unwrap_or(max),
-            max,
-        });
+        let latency = self
+            .latencies
+            .quantiles_seconds([0.5, 0.9, 0.99])
+            .zip(self.latencies.max_seconds())
+            .map(|([p50, p90, p99], max)| LatencySummary { p50, p90, p99, max });
         Summary {
             state: self.state,
             samples: self.totals,
