@@ -103,6 +103,9 @@ pub struct Engine {
     /// and retires, never removes, so indices held elsewhere stay valid.
     invariants: Vec<Invariant>,
     evaluators: Vec<Evaluator>,
+    /// Each invariant's report entry without its numbers (parallel to `invariants`),
+    /// copied into every snapshot (see [`InvariantReport::with_summary`]).
+    entries: Vec<InvariantReport>,
     /// When each invariant ran, if not the whole run (parallel to `invariants`).
     lifetimes: Vec<Lifetime>,
     /// Configuration changes seen while running, oldest first.
@@ -138,14 +141,21 @@ struct Election {
 impl Engine {
     /// An engine for `set`, every invariant in state `unknown`.
     pub fn new(set: &InvariantSet, meta: RunMeta) -> Self {
-        let evaluators = set
+        let evaluators: Vec<_> = set
             .invariants
             .iter()
             .map(|i| Evaluator::new(&i.condition, i.interval))
             .collect();
+        let entries = set
+            .invariants
+            .iter()
+            .zip(&evaluators)
+            .map(|(i, e)| InvariantReport::new(i, e.summary(meta.started_at)))
+            .collect();
         Engine {
             invariants: set.invariants.clone(),
             evaluators,
+            entries,
             lifetimes: vec![Lifetime::default(); set.invariants.len()],
             revisions: Vec::new(),
             meta,
@@ -336,12 +346,13 @@ impl Engine {
         let invariants = self
             .invariants
             .iter()
+            .zip(&self.entries)
             .zip(&self.evaluators)
             .zip(&self.lifetimes)
-            .map(|((i, e), lifetime)| {
+            .map(|(((i, entry), e), lifetime)| {
                 // A retired entry's numbers stop when it did.
                 let until = lifetime.retired.map_or(now, |r| r.at.min(now));
-                let mut entry = InvariantReport::new(i, e.summary(until));
+                let mut entry = entry.with_summary(e.summary(until));
                 if i.scope == Scope::Cluster
                     && let Some(leadership) = &leadership
                 {
@@ -405,6 +416,9 @@ impl Engine {
             if let Some(running) = self.invariants.get_mut(*index) {
                 running.source = invariant.source.clone();
             }
+            if let Some(entry) = self.entries.get_mut(*index) {
+                entry.source = invariant.source.clone();
+            }
         }
         let mut stopped = Vec::new();
         for index in &diff.removed {
@@ -417,8 +431,10 @@ impl Engine {
         for invariant in diff.starting() {
             let index = self.invariants.len();
             self.invariants.push(invariant.clone());
-            self.evaluators
-                .push(Evaluator::new(&invariant.condition, invariant.interval));
+            let evaluator = Evaluator::new(&invariant.condition, invariant.interval);
+            self.entries
+                .push(InvariantReport::new(invariant, evaluator.summary(at)));
+            self.evaluators.push(evaluator);
             self.lifetimes.push(Lifetime {
                 from: Some(at),
                 retired: None,
