@@ -17,7 +17,7 @@ use http::{HeaderValue, Request};
 use super::KubeContext;
 use super::error::{from_client_error, from_status};
 use crate::config::spec::{ApiserverProbeSpec, BodyMatch, ConnectionMode};
-use crate::probe::http::{check_body, read_capped};
+use crate::probe::http::{Prefixed, check_body, read_capped};
 use crate::probe::metrics::{Reading, SeriesReader};
 use crate::probe::{BuildError, Probe, ProbeFuture};
 use crate::sample::{ErrorClass, Observation, ProbeError};
@@ -114,8 +114,8 @@ impl ApiserverProbe {
         &self,
         response: http::Response<kube::client::Body>,
     ) -> Result<Vec<u8>, ProbeError> {
-        let source = format!("of {}", self.path);
-        read_capped(response, self.max_body_bytes, &source, |e| {
+        let source = Prefixed("of", &self.path);
+        read_capped(response, self.max_body_bytes, source, |e| {
             from_client_error(&kube::Error::Service(e.into()), &self.server)
         })
         .await

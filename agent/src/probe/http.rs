@@ -303,8 +303,8 @@ impl HttpFetcher {
         &self,
         response: http::Response<Incoming>,
     ) -> Result<Vec<u8>, ProbeError> {
-        let source = format!("from {}", self.peer);
-        read_capped(response, self.max_body_bytes, &source, |e| {
+        let source = Prefixed("from", &self.peer);
+        read_capped(response, self.max_body_bytes, source, |e| {
             classify(&e, Stage::Request, &self.peer)
         })
         .await
@@ -594,14 +594,15 @@ impl BearerToken {
     }
 }
 
-/// Reads the body of `response`, failing with `body_too_large` (naming `source`) as
+/// Reads the body of `response`, failing with `body_too_large` (naming `source`, e.g.
+/// `from host:port`, formatted only then) as
 /// soon as it exceeds `cap` bytes, before reading anything when Content-Length already
 /// says so; the rest is never read. `read_error` classifies a failure mid-body. Shared by
 /// the http and apiserver probes.
 pub(crate) async fn read_capped<B>(
     response: http::Response<B>,
     cap: usize,
-    source: &str,
+    source: impl std::fmt::Display,
     read_error: impl Fn(B::Error) -> ProbeError,
 ) -> Result<Vec<u8>, ProbeError>
 where
@@ -632,6 +633,16 @@ where
         }
     }
     Ok(out)
+}
+
+/// `{0} {1}`, formatted only when displayed: every sample passes one to [`read_capped`],
+/// which needs it only for an error.
+pub(crate) struct Prefixed<'a>(pub &'static str, pub &'a str);
+
+impl std::fmt::Display for Prefixed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
 }
 
 /// The shortest start of a secret that [`redact`] cuts out: error messages quote bodies

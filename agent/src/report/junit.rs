@@ -16,6 +16,7 @@
 //! Informational is the default so that no job turns red unless its owners ask; an
 //! invariant that examined nothing is skipped (never shown as passing) in both modes.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::{InvariantReport, Report, RunStatus, Verdict};
@@ -327,33 +328,51 @@ fn property(out: &mut String, indent: usize, name: &str, value: &str) {
 /// Escapes text content. Characters XML 1.0 cannot carry at all (most control
 /// characters) become U+FFFD, so error messages from remote servers can never make the
 /// document ill-formed.
-fn text(s: &str) -> String {
+fn text(s: &str) -> Cow<'_, str> {
     escape(s, false)
 }
 
 /// Escapes an attribute value (also quotes, and newlines so they survive parsing).
-fn attr(s: &str) -> String {
+fn attr(s: &str) -> Cow<'_, str> {
     escape(s, true)
 }
 
-fn escape(s: &str, attribute: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if attribute => out.push_str("&quot;"),
-            '\'' if attribute => out.push_str("&apos;"),
-            '\n' if attribute => out.push_str("&#10;"),
-            '\t' if attribute => out.push_str("&#9;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' | '\n' => out.push(c),
-            c if valid_xml_char(c) => out.push(c),
-            _ => out.push('\u{FFFD}'),
+fn escape(s: &str, attribute: bool) -> Cow<'_, str> {
+    // The report of 1,000 invariants is rendered at every checkpoint, and most strings
+    // need nothing or little: copy the runs between replacements, not char by char.
+    let mut out = String::new();
+    let mut copied = 0;
+    for (at, c) in s.char_indices() {
+        if let Some(with) = replacement(c, attribute) {
+            out.reserve(s.len() - copied + with.len());
+            out.push_str(&s[copied..at]);
+            out.push_str(with);
+            copied = at + c.len_utf8();
         }
     }
-    out
+    if copied == 0 {
+        return Cow::Borrowed(s);
+    }
+    out.push_str(&s[copied..]);
+    Cow::Owned(out)
+}
+
+/// What `c` becomes in text (or, with `attribute`, in an attribute value); `None` when
+/// it stays as it is.
+fn replacement(c: char, attribute: bool) -> Option<&'static str> {
+    match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '"' if attribute => Some("&quot;"),
+        '\'' if attribute => Some("&apos;"),
+        '\n' if attribute => Some("&#10;"),
+        '\t' if attribute => Some("&#9;"),
+        '\r' => Some("&#13;"),
+        '\t' | '\n' => None,
+        c if valid_xml_char(c) => None,
+        _ => Some("\u{FFFD}"),
+    }
 }
 
 fn valid_xml_char(c: char) -> bool {
