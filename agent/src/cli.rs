@@ -140,7 +140,8 @@ pub struct CommonRunArgs {
     /// Stop after this long (e.g. 90s, 1h30m) instead of waiting for SIGTERM/SIGINT.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// How often report.json is rewritten while running.
+    /// How often the report files (report.json, NDJSON, JUnit, HTML) are rewritten while
+    /// running.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
     /// Most samples in flight across all invariants; ticks beyond it are counted as missed.

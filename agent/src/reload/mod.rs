@@ -37,8 +37,9 @@ use crate::schedule::{Control, Job};
 pub struct ReloadArgs {
     /// How often the invariant files are read again to see whether they changed (a
     /// ConfigMap update); 0 turns polling off. SIGHUP reads them at once either way. Only
-    /// a change of content reloads; an invalid change is refused and logged, and the
-    /// running invariants go on unchanged.
+    /// a change of content reloads (a poll reads the files only when their inode, size or
+    /// modification time moved); an invalid change is refused and logged, and the running
+    /// invariants go on unchanged.
     #[arg(
         long,
         value_name = "DURATION",
