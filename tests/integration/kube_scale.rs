@@ -625,10 +625,25 @@ impl Fleet {
     /// only the leader writes it.
     fn leader(&self, since: Instant) -> Option<usize> {
         let writers = self.lease_writers(since);
-        assert!(
-            writers.len() <= 1,
-            "two agents wrote the Lease: {writers:?}"
-        );
+        if writers.len() > 1 {
+            // Say when each candidate touched the Lease, so a failover (a leader that could
+            // not renew in time on a loaded machine) can be told from two leaders at once.
+            let timeline: Vec<String> = self
+                .proxy
+                .requests()
+                .iter()
+                .filter(|s| s.at >= since && s.kind == Kind::Lease)
+                .map(|s| {
+                    let at = s.at.saturating_duration_since(since).as_secs_f64();
+                    format!("{at:.2}s agent {} {} {}", s.agent, s.method, s.status)
+                })
+                .collect();
+            panic!(
+                "two agents wrote the Lease: {writers:?}; Lease requests since the start of \
+                 the window:\n{}",
+                timeline.join("\n")
+            );
+        }
         writers.into_iter().next()
     }
 
